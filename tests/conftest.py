@@ -1,0 +1,32 @@
+"""Shared builders for hand-made clusters."""
+
+from __future__ import annotations
+
+from hami.resources import ContainerRequest, Device, DeviceRequest, DeviceSelector, Node, PodRequest
+
+
+def gpu(uuid: str, mem: int = 16384, model: str = "NVIDIA-Tesla T4", *, index: int = 0, numa: int = 0,
+        count: int = 10, cores: int = 100, health: bool = True, mode: str = "hami-core") -> Device:
+    return Device(uuid, index, count, mem, cores, model, numa=numa, health=health, mode=mode)
+
+
+def node(name: str, *devices: Device, cordoned: tuple[str, ...] = (), cpu: int = 0, mem: int = 0,
+         topology: tuple[tuple[str, str, int], ...] = ()) -> Node:
+    return Node(name, devices, cpu_milli=cpu, memory_mib=mem, cordoned=frozenset(cordoned),
+                topology=topology)
+
+
+def share(count: int = 1, mem: int = 0, pct: int = 0, cores: int = 0) -> DeviceRequest:
+    return DeviceRequest("NVIDIA", count, memory_mib=mem, memory_pct=pct, cores=cores)
+
+
+def pod(name: str, *requests: DeviceRequest, selector: DeviceSelector | None = None,
+        node_policy: str | None = None, device_policy: tuple[str, ...] = (),
+        init: tuple[DeviceRequest, ...] = (), cpu: int = 0) -> PodRequest:
+    containers = []
+    if init:
+        containers.append(ContainerRequest("init", init, init=True))
+    containers.append(ContainerRequest("main", tuple(requests), cpu_milli=cpu))
+    return PodRequest("default", name, f"uid-{name}", tuple(containers),
+                      selector=selector or DeviceSelector(), node_policy=node_policy,
+                      device_policy=device_policy)
