@@ -99,14 +99,14 @@ def main() -> None:
             state.remove_pod(pod.uid)
 
     # Rebuild from what the API server holds: node registrations and the pods' annotations.
-    annotations = [(r.uid, r.key, r.node, encode_pod_allocation(r.allocation), r.n_init, r.cpu_milli,
+    annotations = [(r.uid, r.key, r.node, encode_pod_allocation(r.allocation), r.init, r.cpu_milli,
                     r.memory_mib) for r in state.pods.values()]
     t0 = time.perf_counter()
     rebuilt = ClusterState()
     for node in nodes:
         rebuilt.upsert_node(node)
-    for uid, key, node_name, text, n_init, cpu, mem in annotations:
-        rebuilt.add_pod(PodRecord(uid, key, node_name, decode_pod_allocation(text), n_init, cpu, mem))
+    for uid, key, node_name, text, init, cpu, mem in annotations:
+        rebuilt.add_pod(PodRecord(uid, key, node_name, decode_pod_allocation(text), init, cpu, mem))
     rebuild_s = time.perf_counter() - t0
     if rebuilt.device_usage() != state.device_usage():
         sys.exit("rebuilt state differs from the incremental one")

@@ -89,7 +89,7 @@ def test_place_then_delete_everything_returns_to_empty(nodes: list[Node], specs)
 def test_rebuild_from_annotations_equals_incremental(nodes: list[Node], specs, pods_first: bool) -> None:  # type: ignore[no-untyped-def]
     _, state, _ = build(nodes, specs)
     records = [PodRecord(r.uid, r.key, r.node, decode_pod_allocation(encode_pod_allocation(r.allocation)),
-                         r.n_init, r.cpu_milli, r.memory_mib) for r in state.pods.values()]
+                         r.init, r.cpu_milli, r.memory_mib) for r in state.pods.values()]
     # A restarted extender may see pods before their nodes: the order must not matter.
     rebuilt = ClusterState()
     if pods_first:

@@ -130,8 +130,8 @@ class Decision:
     def record(self) -> PodRecord:
         """The state entry that reserving this decision adds."""
         assert self.node is not None
-        n_init = sum(1 for c in self.pod.containers if c.init)
-        return PodRecord(self.pod.uid, self.pod.key, self.node, self.allocation, n_init,
+        init = tuple(c.init for c in self.pod.containers)
+        return PodRecord(self.pod.uid, self.pod.key, self.node, self.allocation, init,
                          self.pod.cpu_milli, self.pod.memory_mib)
 
 

@@ -36,7 +36,7 @@ class PodRecord:
     key: str  # namespace/name, for messages and for matching on bind
     node: str
     allocation: PodAllocation
-    n_init: int
+    init: tuple[bool, ...]  # per allocation entry: an init container (peak) or not (summed)
     cpu_milli: int
     memory_mib: int
 
@@ -45,7 +45,7 @@ class PodRecord:
         init: dict[str, list[int]] = {}
         app: dict[str, list[int]] = {}
         for i, container in enumerate(self.allocation):
-            target = init if i < self.n_init else app
+            target = init if i < len(self.init) and self.init[i] else app
             for dev in container:
                 cur = target.get(dev.uuid)
                 if cur is None:

@@ -1,0 +1,37 @@
+"""ClusterState from Kubernetes objects: the one conversion the informer, `hami place`, the demo and
+restart recovery share, so "the state equals what the annotations say" holds by construction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from hami.protocol import manifests
+from hami.scheduler.state import ClusterState, PodRecord
+from hami.vendors.base import Vendor
+
+
+def pod_record(pod: Mapping[str, Any], vendors: Sequence[Vendor]) -> PodRecord | None:
+    """The usage a pod holds, or None when it holds nothing (no allocation, or finished)."""
+    if manifests.pod_is_terminal(pod):
+        return None
+    placed = manifests.pod_allocation(pod, vendors)
+    if placed is None:
+        return None
+    node, allocation = placed
+    request = manifests.pod_request(pod, vendors)
+    init = tuple(c.init for c in request.containers)
+    return PodRecord(request.uid or request.key, request.key, node, allocation, init,
+                     request.cpu_milli, request.memory_mib)
+
+
+def state_from_manifests(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
+                         vendors: Sequence[Vendor]) -> ClusterState:
+    state = ClusterState()
+    for node in nodes:
+        state.upsert_node(manifests.node_from_manifest(node, vendors))
+    for pod in pods:
+        record = pod_record(pod, vendors)
+        if record is not None:
+            state.add_pod(record)
+    return state
