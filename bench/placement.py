@@ -17,13 +17,16 @@ import random
 import resource
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
-from hami.protocol.annotations import decode_pod_allocation, encode_pod_allocation
+from hami.protocol import annotations as anno
 from hami.resources import ContainerRequest, Device, DeviceRequest, DeviceSelector, Node, PodRequest
 from hami.scheduler.framework import Scheduler, SchedulerConfig
+from hami.scheduler.snapshot import state_from_manifests
 from hami.scheduler.state import ClusterState, PodRecord
+from hami.vendors.registry import default_vendors
 
 MODELS = [("NVIDIA-A100-SXM4-80GB", 81920), ("NVIDIA-H100", 81920), ("NVIDIA-Tesla T4", 15360),
           ("NVIDIA-L40S", 46080)]
@@ -51,6 +54,21 @@ def random_pod(rng: random.Random, i: int) -> PodRequest:
     selector = DeviceSelector(use_types=("A100",)) if rng.random() < 0.05 else DeviceSelector()
     container = ContainerRequest("main", (req,), cpu_milli=1000, memory_mib=2048)
     return PodRequest("bench", f"pod-{i}", f"uid-{i}", (container,), selector=selector)
+
+
+def node_manifest(node: Node) -> dict[str, Any]:
+    return {"metadata": {"name": node.name,
+                         "annotations": {anno.NODE_NVIDIA_REGISTER: anno.encode_node_devices(node.devices)}},
+            "status": {"allocatable": {"cpu": f"{node.cpu_milli}m", "memory": f"{node.memory_mib}Mi"}}}
+
+
+def pod_manifest(r: PodRecord) -> dict[str, Any]:
+    namespace, name = r.key.split("/")
+    return {"metadata": {"name": name, "namespace": namespace, "uid": r.uid,
+                         "annotations": {anno.VGPU_DEVICES_ALLOCATED: anno.encode_pod_allocation(r.allocation)}},
+            "spec": {"nodeName": r.node, "containers": [{"name": "main", "resources": {
+                "requests": {"cpu": f"{r.cpu_milli}m", "memory": f"{r.memory_mib}Mi"}}}]},
+            "status": {"phase": "Running"}}
 
 
 def rss_mb() -> float:
@@ -98,15 +116,12 @@ def main() -> None:
         if decision.placed:  # keep the cluster at its fill level for comparable decisions
             state.remove_pod(pod.uid)
 
-    # Rebuild from what the API server holds: node registrations and the pods' annotations.
-    annotations = [(r.uid, r.key, r.node, encode_pod_allocation(r.allocation), r.init, r.cpu_milli,
-                    r.memory_mib) for r in state.pods.values()]
+    # Rebuild from what the API server holds: Node objects with their registration annotation and Pod
+    # objects with their allocation annotation, parsed exactly as the informer parses them on restart.
+    node_objs = [node_manifest(n) for n in nodes]
+    pod_objs = [pod_manifest(r) for r in state.pods.values()]
     t0 = time.perf_counter()
-    rebuilt = ClusterState()
-    for node in nodes:
-        rebuilt.upsert_node(node)
-    for uid, key, node_name, text, init, cpu, mem in annotations:
-        rebuilt.add_pod(PodRecord(uid, key, node_name, decode_pod_allocation(text), init, cpu, mem))
+    rebuilt = state_from_manifests(node_objs, pod_objs, default_vendors())
     rebuild_s = time.perf_counter() - t0
     if rebuilt.device_usage() != state.device_usage():
         sys.exit("rebuilt state differs from the incremental one")
