@@ -1,0 +1,177 @@
+"""Pod admission: the pure decision the webhook serves and `hami place` applies before placing.
+
+The webhook turns the returned JSON Patch into an AdmissionReview reply and a raised `HamiError` into a
+denial; nothing here knows HTTP. Mirrors HAMi's pkg/scheduler/webhook.go: pods that already belong to
+another scheduler are left alone, a privileged container anywhere in a device pod is refused (it would see
+every device on the node, defeating the sharing), and so is a preset spec.nodeName (it would bypass us).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hami.protocol import annotations as anno
+from hami.protocol.manifests import get_map, get_str, iter_containers
+from hami.resources import HamiError
+from hami.vendors.base import Vendor
+
+DEFAULT_SCHEDULER = "default-scheduler"
+
+# Annotations only the scheduler and device plugins may write: a user setting them could forge an allocation.
+FORGEABLE_ANNOTATIONS = frozenset({
+    anno.VGPU_DEVICES_ALLOCATED, anno.VGPU_DEVICES_TO_ALLOCATE, anno.VGPU_NODE, anno.VGPU_TIME,
+    anno.BIND_PHASE, anno.BIND_TIME,
+})
+# Other vendors' pairs, including vendors not installed here (`hami.io/<vendor>-devices-allocated` …).
+_VENDOR_ALLOCATION = re.compile(r"hami\.io/[^/]+-devices-(?:allocated|to-allocate)")
+
+
+def escape_pointer(token: str) -> str:
+    """One JSON Pointer reference token (RFC 6901): `~` → `~0`, `/` → `~1`."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _forgeable(name: str, vendors: Sequence[Vendor]) -> bool:
+    return (name in FORGEABLE_ANNOTATIONS or _VENDOR_ALLOCATION.fullmatch(name) is not None
+            or any(name in (v.annotations.allocated, v.annotations.to_allocate) for v in vendors))
+
+
+def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor],
+          scheduler_name: str = "hami-scheduler") -> list[dict[str, Any]]:
+    """RFC 6902 operations that make a device pod ours and its request explicit; [] when none apply.
+
+    For a pod requesting any vendor's resource: set spec.schedulerName, add each vendor's default limits,
+    and remove allocation annotations the user supplied. [] for pods without managed resources, pods
+    labelled `hami.io/webhook: ignore`, and pods already assigned to a scheduler other than the default
+    one. Raises HamiError for invalid requests, a privileged container in a device pod, a preset nodeName.
+    Idempotent: admitting the patched pod gives [].
+    """
+    if not isinstance(pod, Mapping):
+        raise HamiError("pod", f"expected an object, got {type(pod).__name__}")
+    meta = get_map(pod, "metadata", "pod")
+    if get_map(meta, "labels", "metadata").get(anno.WEBHOOK_LABEL) == anno.WEBHOOK_IGNORE:
+        return []
+    spec = get_map(pod, "spec", "pod")
+    current_scheduler = get_str(spec, "schedulerName", "spec")
+    if current_scheduler not in ("", DEFAULT_SCHEDULER, scheduler_name):
+        return []
+
+    wants_devices = False
+    privileged: str | None = None
+    limit_ops: list[dict[str, Any]] = []
+    for ctr, key, index in iter_containers(pod):
+        where = f"spec.{key}[{index}]"
+        resources = get_map(ctr, "resources", where)
+        defaults: dict[str, str] = {}
+        for vendor in vendors:
+            if vendor.container_request(resources, f"{where}.resources") is not None:
+                wants_devices = True
+            defaults.update(vendor.default_resources(resources, f"{where}.resources"))
+        security = get_map(ctr, "securityContext", where)
+        if privileged is None and security.get("privileged") is True:
+            privileged = f"{where}.securityContext.privileged"
+        if defaults:
+            limit_ops.extend(_limit_ops(f"/spec/{key}/{index}/resources", resources, defaults))
+
+    if not wants_devices:
+        return []
+    if privileged is not None:
+        raise HamiError(privileged, "a pod using shared devices must not run privileged containers "
+                                    "(they see every device on the node)")
+    if get_str(spec, "nodeName", "spec"):
+        raise HamiError("spec.nodeName", "a pod requesting devices must not preset its node; "
+                                         "the scheduler has to allocate its devices")
+
+    ops: list[dict[str, Any]] = [
+        {"op": "remove", "path": f"/metadata/annotations/{escape_pointer(name)}"}
+        for name in sorted(get_map(meta, "annotations", "metadata"))
+        if _forgeable(name, vendors)
+    ]
+    if current_scheduler != scheduler_name:
+        op = "replace" if "schedulerName" in spec else "add"
+        ops.append({"op": op, "path": "/spec/schedulerName", "value": scheduler_name})
+    ops.extend(limit_ops)
+    return ops
+
+
+def _limit_ops(path: str, resources: Mapping[str, Any], defaults: dict[str, str]) -> list[dict[str, Any]]:
+    """Add defaults to a container's limits, creating `resources` or `limits` when absent (or null)."""
+    if not resources:
+        return [{"op": "add", "path": path, "value": {"limits": dict(defaults)}}]
+    if not resources.get("limits"):
+        return [{"op": "add", "path": f"{path}/limits", "value": dict(defaults)}]
+    return [{"op": "add", "path": f"{path}/limits/{escape_pointer(name)}", "value": value}
+            for name, value in defaults.items()]
+
+
+# --- applying our own patches ------------------------------------------------------------------------------
+
+
+def _tokens(path: str, where: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise HamiError(where, f"path must start with '/': {path!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in path[1:].split("/")]
+
+
+def _index(container: list[Any], token: str, where: str, *, allow_end: bool) -> int:
+    if token == "-" and allow_end:
+        return len(container)
+    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+        raise HamiError(where, f"bad array index {token!r}")
+    index = int(token)
+    if index > len(container) or (index == len(container) and not allow_end):
+        raise HamiError(where, f"array index {index} out of range")
+    return index
+
+
+def apply_patch(obj: Mapping[str, Any], ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A patched deep copy of `obj`: RFC 6902 `add`, `replace` and `remove`, enough for our own patches."""
+    doc: Any = copy.deepcopy(dict(obj))
+    for i, op in enumerate(ops):
+        where = f"patch[{i}]"
+        kind, path = op.get("op"), op.get("path")
+        if not isinstance(path, str):
+            raise HamiError(where, "missing path")
+        tokens = _tokens(path, where)
+        if not tokens:
+            raise HamiError(where, "operations on the whole document are not supported")
+        parent: Any = doc
+        for token in tokens[:-1]:
+            if isinstance(parent, dict) and token in parent:
+                parent = parent[token]
+            elif isinstance(parent, list):
+                parent = parent[_index(parent, token, where, allow_end=False)]
+            else:
+                raise HamiError(where, f"path {path!r} does not exist")
+        last = tokens[-1]
+        if kind in ("add", "replace"):
+            if "value" not in op:
+                raise HamiError(where, "missing value")
+            value = copy.deepcopy(op["value"])
+            if isinstance(parent, dict):
+                if kind == "replace" and last not in parent:
+                    raise HamiError(where, f"cannot replace missing {path!r}")
+                parent[last] = value
+            elif isinstance(parent, list):
+                at = _index(parent, last, where, allow_end=kind == "add")
+                if kind == "add":
+                    parent.insert(at, value)
+                else:
+                    parent[at] = value
+            else:
+                raise HamiError(where, f"parent of {path!r} is not a container")
+        elif kind == "remove":
+            if isinstance(parent, dict) and last in parent:
+                del parent[last]
+            elif isinstance(parent, list):
+                del parent[_index(parent, last, where, allow_end=False)]
+            else:
+                raise HamiError(where, f"cannot remove missing {path!r}")
+        else:
+            raise HamiError(where, f"unsupported op {kind!r}")
+    return dict(doc)
