@@ -79,7 +79,7 @@ def make_pki(root: Path) -> Pki:
     (root / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _write_key(root / "ca.key", ca_key)
     server = [ExtendedKeyUsageOID.SERVER_AUTH]
-    api_cert, api_key = issue("kube-apiserver",  None, local + [x509.DNSName("kubernetes.default.svc")], server)
+    api_cert, api_key = issue("kube-apiserver",  None, [*local, x509.DNSName("kubernetes.default.svc")], server)
     admin_cert, admin_key = issue("admin", "system:masters", None, [ExtendedKeyUsageOID.CLIENT_AUTH])
     hami_cert, hami_key = issue("hami", None, local, server)
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)

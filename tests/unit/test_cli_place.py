@@ -66,7 +66,8 @@ def test_place_respects_existing_allocations(tmp_path: Path) -> None:
                              "metadata": {"name": f"{n}-{i}", "namespace": "ns", "uid": f"{n}-{i}",
                                           "annotations": {anno.VGPU_DEVICES_ALLOCATED:
                                                           f"GPU-{n}-{i},NVIDIA,15360,100:;"}},
-                             "spec": {"nodeName": n, "containers": [{"name": "c"}]},
+                             "spec": {"nodeName": n, "containers": [
+                                 {"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
                              "status": {"phase": "Running"}})
     res = runner.invoke(app, ["place", "--cluster", str(write_cluster(tmp_path, existing)),
                               "--pod", str(write_pod(tmp_path, {"nvidia.com/gpumem": "1000"},

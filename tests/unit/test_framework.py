@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import gpu, node, pod, share
 
 from hami.resources import DeviceSelector, HamiError
 from hami.scheduler.framework import Scheduler, SchedulerConfig
 from hami.scheduler.state import ClusterState
+from tests.builders import gpu, node, pod, share
 
 
 def cluster(*nodes):  # type: ignore[no-untyped-def]

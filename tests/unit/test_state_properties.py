@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from conftest import gpu, node, pod, share
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,6 +9,7 @@ from hami.protocol.annotations import decode_pod_allocation, encode_pod_allocati
 from hami.resources import DeviceRequest, Node, PodRequest
 from hami.scheduler.framework import Scheduler, SchedulerConfig
 from hami.scheduler.state import ClusterState, PodRecord
+from tests.builders import gpu, node, pod, share
 
 MODELS = ["NVIDIA-Tesla T4", "NVIDIA-A100", "NVIDIA-H100"]
 

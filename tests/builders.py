@@ -1,4 +1,4 @@
-"""Shared builders for hand-made clusters."""
+"""Builders for hand-made clusters and pods, shared by the tests."""
 
 from __future__ import annotations
 
