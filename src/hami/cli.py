@@ -117,6 +117,16 @@ def demo() -> None:
     out.print(usage)
 
 
+def _mount() -> None:
+    """Sub-apps live with their layer; the top-level command only wires them in."""
+    from hami.agent.cli import node_agent_app
+
+    app.add_typer(node_agent_app, name="node-agent")
+
+
+_mount()
+
+
 def main() -> None:
     app()
 

@@ -1,1 +1,1 @@
-"""agent layer."""
+"""The node agent (`hami node-agent`): device discovery, registration, and the kubelet device plugin."""
