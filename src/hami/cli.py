@@ -120,8 +120,10 @@ def demo() -> None:
 def _mount() -> None:
     """Sub-apps live with their layer; the top-level command only wires them in."""
     from hami.agent.cli import node_agent_app
+    from hami.services.cli import app as serve_app
 
     app.add_typer(node_agent_app, name="node-agent")
+    app.add_typer(serve_app, name="serve")
 
 
 _mount()

@@ -118,7 +118,7 @@ class ControlPlane:
             f"--client-ca-file={p.ca}", "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={p.sa_pub}", f"--service-account-signing-key-file={p.sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount", "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition", "--allow-privileged=true",
             "--endpoint-reconciler-type=none", f"--cert-dir={self.workdir / 'apiserver-certs'}",
         ])
         self.write_kubeconfig(self.kubeconfig)
