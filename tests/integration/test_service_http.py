@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 from kube_kit import bind_body, filter_body, node_manifest, pod_manifest, self_signed
+from prometheus_client.parser import text_string_to_metric_families
 
 from hami.kube.memory import MemoryKubeApi
 from hami.protocol import annotations as anno
@@ -142,7 +143,9 @@ def test_hami_serve_on_a_cluster_file(tmp_path: Path) -> None:
             if 'hami_extender_bind_total{result="bound"} 1.0' in text:
                 break
             time.sleep(0.05)
-        assert 'hami_vgpu_memory_allocated_bytes{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p"' in text
+        samples = {(s.name, s.labels.get("podname")): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("hami_vgpu_memory_allocated_bytes", "p")] == 2000 * 2**20
     finally:
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully (lifespan, lease release), then re-raises the signal.

@@ -92,3 +92,19 @@ async def test_replace_uses_optimistic_concurrency_and_create_rejects_duplicates
     with pytest.raises(ApiError) as err:
         await api.create("leases", {"metadata": {"name": "hami"}}, namespace="kube-system")
     assert err.value.status == 409
+
+
+async def test_watch_keeps_events_written_while_the_consumer_handles_one() -> None:
+    api = MemoryKubeApi()
+    rv = (await api.list("nodes")).resource_version
+    await api.create("nodes", {"metadata": {"name": "a"}})
+    seen = []
+    async for ev in api.watch("nodes", resource_version=rv, timeout_s=3):
+        if ev.type == "BOOKMARK":
+            continue
+        seen.append(ev.object["metadata"]["name"])
+        if len(seen) == 1:  # the consumer writes while the watch is suspended in its yield
+            await api.create("nodes", {"metadata": {"name": "b"}})
+        if len(seen) == 2:
+            break
+    assert seen == ["a", "b"]

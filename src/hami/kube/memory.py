@@ -9,6 +9,7 @@ answer 410 once it has been compacted away, bookmarks.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -139,23 +140,31 @@ class MemoryKubeApi:
             raise ApiError(410, f"too old resource version: {rv} ({self._oldest})", "Expired")
         deadline = time.monotonic() + timeout_s
         while True:
-            for seen, k, event in list(self._log):
-                if seen <= rv or k != kind:
-                    continue
+            # The log is ordered by resourceVersion: start after what this watcher has seen.
+            start = bisect.bisect_right(self._log, rv, key=lambda entry: entry[0])
+            batch = self._log[start:]
+            for seen, k, event in batch:
                 rv = seen
+                if k != kind:
+                    continue
                 obj = event.object
                 if namespace is not None and obj["metadata"].get("namespace") != namespace:
                     continue
                 if not _matches(obj, field_selector, None):
                     continue
                 yield WatchEvent(event.type, _copy(obj))
-            rv = max(rv, self._rv)
+            if self._log and self._log[-1][0] > rv:
+                continue  # written while we were yielding: no need to wait for it
+            rv = max(rv, self._oldest)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands
+                # as the wait completes, and a cancelled watcher must stop.
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await changed.wait()
             except TimeoutError:
                 yield WatchEvent("BOOKMARK", {"kind": KINDS.get(kind, ""),
                                               "metadata": {"resourceVersion": str(rv)}})

@@ -1,0 +1,79 @@
+"""A stand-in for HAMi's device plugins on a cluster without kubelets (`hami serve --cluster-file`, tests).
+
+After a bind, a real device plugin serves the pod's containers, blanks `vgpu-devices-to-allocate`, sets
+`bind-phase: success` and releases the node lock. Without one, every node lock would be held until it
+expires. This does the same protocol steps as soon as it sees a bound pod in `allocating` phase, so the
+scheduler side (locks, phases, annotations) runs exactly as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hami.kube.api import ApiError, KubeApi, WatchEvent
+from hami.protocol import annotations as anno
+from hami.vendors.base import Vendor
+
+log = logging.getLogger(__name__)
+
+
+class DevicePluginSimulator:
+    def __init__(self, api: KubeApi, vendors: Sequence[Vendor]) -> None:
+        self.api = api
+        self.vendors = tuple(vendors)
+        self.allocated = 0
+
+    async def run(self) -> None:
+        rv = ""
+        while True:
+            try:
+                if not rv:
+                    listed = await self.api.list("pods")
+                    rv = listed.resource_version
+                    for pod in listed.items:
+                        await self.handle(WatchEvent("ADDED", pod))
+                async for event in self.api.watch("pods", resource_version=rv):
+                    new_rv = (event.object.get("metadata") or {}).get("resourceVersion")
+                    if new_rv:
+                        rv = new_rv
+                    await self.handle(event)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():  # see informer._check_cancelled
+                        raise asyncio.CancelledError
+            except ApiError as exc:
+                if exc.status == 410:
+                    rv = ""
+                    continue
+                log.warning("device plugin simulator: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def handle(self, event: WatchEvent) -> None:
+        if event.type not in ("ADDED", "MODIFIED"):
+            return
+        pod = event.object
+        meta: Mapping[str, Any] = pod.get("metadata") or {}
+        annotations: Mapping[str, str] = meta.get("annotations") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or annotations.get(anno.BIND_PHASE) != anno.BIND_PHASE_ALLOCATING:
+            return
+        namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+        patch: dict[str, str | None] = {anno.BIND_PHASE: anno.BIND_PHASE_SUCCESS}
+        for vendor in self.vendors:
+            pending = annotations.get(vendor.annotations.to_allocate)
+            if pending:
+                count = len(anno.decode_pod_allocation(pending, annotation=vendor.annotations.to_allocate))
+                patch[vendor.annotations.to_allocate] = ";" * count
+        try:
+            await self.api.patch_annotations("pods", name, patch, namespace=namespace)
+            node_obj = await self.api.get("nodes", node)
+            lock = ((node_obj.get("metadata") or {}).get("annotations") or {}).get(anno.NODE_LOCK, "")
+            if lock.endswith(f",{namespace},{name}"):
+                await self.api.patch_annotations(
+                    "nodes", node, {anno.NODE_LOCK: None},
+                    resource_version=str(node_obj["metadata"].get("resourceVersion", "")))
+            self.allocated += 1
+        except ApiError as exc:
+            log.warning("device plugin simulator: %s/%s on %s: %s", namespace, name, node, exc)

@@ -1,0 +1,121 @@
+"""Kubernetes Events on pods, so `kubectl describe pod` says why a pod is pending or failed to bind.
+
+Emitting never blocks a filter or a bind: events go into a bounded queue that a background task writes
+out (dropping, with a count, when the API server cannot keep up). The same message for the same pod is
+not repeated within `dedup_s`: kube-scheduler retries a pending pod often, and one line per reason is
+what a reader wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hami.kube.api import ApiError, KubeApi, KubeObject
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "hami-scheduler"
+MAX_MESSAGE = 1024  # the API server truncates longer messages anyway
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str = ""
+
+
+_DEVICE_REASON = re.compile(r"\d+/\d+ ([A-Za-z]+)")
+
+
+def coarse_reason(reason: str) -> str:
+    """A per-node reason without its per-node counts, so equal causes add up across nodes:
+    `NodeInsufficientDevice: need 1, 0/8 fit, 8/8 CardInsufficientMemory` →
+    `NodeInsufficientDevice (CardInsufficientMemory)`."""
+    head, sep, detail = reason.partition(": ")
+    names = [n for n in _DEVICE_REASON.findall(detail) if n != "fit"] if sep else []
+    return f"{head} ({', '.join(dict.fromkeys(names))})" if names else reason
+
+
+def summarize(reasons: Mapping[str, str], total: int, limit: int = 6) -> str:
+    """kube-scheduler's style, `0/8 nodes are available: 5 NodeInsufficientDevice (CardInsufficientMemory),
+    3 ...`, from per-node reasons; the most frequent first."""
+    counts = Counter(coarse_reason(r) for r in reasons.values())
+    parts = [f"{n} {reason}" for reason, n in counts.most_common(limit)]
+    if len(counts) > limit:
+        parts.append(f"{sum(n for _, n in counts.most_common()[limit:])} other")
+    fit = total - len(reasons)
+    head = f"{fit}/{total} nodes are available"
+    return f"{head}: {', '.join(parts)}." if parts else f"{head}."
+
+
+def _timestamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    def __init__(self, api: KubeApi, *, component: str = COMPONENT, instance: str | None = None,
+                 max_queue: int = 1000, dedup_s: float = 60.0) -> None:
+        self.api = api
+        self.component = component
+        self.instance = instance or socket.gethostname()
+        self.dedup_s = dedup_s
+        self._queue: asyncio.Queue[KubeObject] = asyncio.Queue(max_queue)
+        self._recent: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self.dropped = 0
+        self.sent = 0
+
+    def emit(self, pod: PodRef, reason: str, message: str, event_type: str = "Warning") -> None:
+        key = (pod.uid or f"{pod.namespace}/{pod.name}", reason, message)
+        now = time.monotonic()
+        last = self._recent.get(key)
+        if last is not None and now - last < self.dedup_s:
+            return
+        self._recent[key] = now
+        self._recent.move_to_end(key)
+        while len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
+        try:
+            self._queue.put_nowait(self._event(pod, reason, message, event_type))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def _event(self, pod: PodRef, reason: str, message: str, event_type: str) -> KubeObject:
+        at = datetime.now(UTC)
+        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace, "name": pod.name}
+        if pod.uid:
+            involved["uid"] = pod.uid
+        return {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+            "involvedObject": involved,
+            "reason": reason, "message": message[:MAX_MESSAGE], "type": event_type,
+            "source": {"component": self.component},
+            "firstTimestamp": _timestamp(at), "lastTimestamp": _timestamp(at),
+            "count": 1, "action": "Scheduling",
+            "reportingComponent": self.component, "reportingInstance": self.instance,
+        }
+
+    def pending(self) -> Iterable[KubeObject]:
+        """Events not yet written (tests, shutdown)."""
+        return list(self._queue._queue)  # type: ignore[attr-defined]
+
+    async def run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.api.create("events", event, namespace=event["metadata"]["namespace"])
+                self.sent += 1
+            except ApiError as exc:
+                log.warning("could not record event %s for %s: %s", event["reason"],
+                            event["involvedObject"]["name"], exc)
+            except Exception:  # an event is never worth stopping the recorder for
+                log.exception("could not record event")

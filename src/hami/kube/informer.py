@@ -1,0 +1,228 @@
+"""List + watch of nodes and pods, kept in a ClusterState.
+
+The state is a cache of two facts the API server holds: node registrations and pods' allocation
+annotations (SPEC §2-3). After a (re)start or a 410 re-list the state is rebuilt from exactly those, so
+no device is double-allocated and no allocation is forgotten; reservations made at filter whose pods
+still exist are kept on top. A pod counts from the moment it carries an allocation annotation on a node
+(spec.nodeName, or `hami.io/vgpu-node` before the bind lands) until it is finished or gone.
+
+Node CPU/memory are not tracked by default: kube-scheduler has already filtered on them before it calls
+the extender, and counting them here would need every pod of the cluster, not only device pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hami.kube.api import ApiError, KubeApi, KubeObject, WatchEvent
+from hami.kube.reservations import Reservations
+from hami.protocol import annotations as anno
+from hami.protocol import manifests
+from hami.resources import HamiError
+from hami.scheduler.snapshot import pod_record
+from hami.scheduler.state import ClusterState
+from hami.vendors.base import Vendor
+
+log = logging.getLogger(__name__)
+
+KINDS = ("nodes", "pods")
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+class ClusterInformer:
+    """Feeds `state` from the API server. `synced` is set once both kinds have been listed in full.
+    `on_node(name, annotations)` hears of every node change (the node lock waits on it)."""
+
+    def __init__(self, api: KubeApi, state: ClusterState, vendors: Sequence[Vendor],
+                 reservations: Reservations, *, track_node_resources: bool = False,
+                 on_node: Callable[[str, Mapping[str, str]], None] | None = None, watch_timeout_s: int = 300,
+                 backoff_s: float = 1.0) -> None:
+        self.api = api
+        self.state = state
+        self.vendors = tuple(vendors)
+        self.reservations = reservations
+        self.track_node_resources = track_node_resources
+        self.on_node = on_node
+        self.watch_timeout_s = watch_timeout_s
+        self.backoff_s = backoff_s
+        self.synced = asyncio.Event()
+        self._kind_synced = {kind: False for kind in KINDS}
+        self._node_inputs: dict[str, tuple[dict[str, Any], Any]] = {}
+        self.relists = {kind: 0 for kind in KINDS}
+        self.resource_version = {kind: "" for kind in KINDS}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for kind in KINDS:
+                group.create_task(self._run(kind), name=f"informer-{kind}")
+
+    # -- list + watch -------------------------------------------------------------------------------
+    async def _run(self, kind: str) -> None:
+        need_list = True
+        failures = 0
+        while True:
+            try:
+                if need_list:
+                    await self._list(kind)
+                    need_list = False
+                async for event in self.api.watch(kind, resource_version=self.resource_version[kind],
+                                                  timeout_s=self.watch_timeout_s):
+                    self._on_event(kind, event)
+                    failures = 0
+                    _check_cancelled()
+                # The server closed the watch (timeoutSeconds): resume from the last resourceVersion.
+            except ApiError as exc:
+                if exc.status == 410:
+                    log.info("%s watch expired (%s), re-listing", kind, exc.message)
+                    need_list = True
+                    continue
+                failures += 1
+                log.warning("%s watch failed (%s), retrying", kind, exc)
+                await asyncio.sleep(min(30.0, self.backoff_s * 2 ** min(failures - 1, 5)))
+                if failures >= 3:
+                    need_list = True  # something is off for a while: start from a fresh list
+
+    async def _list(self, kind: str) -> None:
+        started = time.monotonic()
+        listed = await self.api.list(kind)
+        if kind == "nodes":
+            self._replace_nodes(listed.items)
+        else:
+            self._replace_pods(listed.items, started)
+        self.resource_version[kind] = listed.resource_version
+        self.relists[kind] += 1
+        self._kind_synced[kind] = True
+        if all(self._kind_synced.values()):
+            self.synced.set()
+        log.info("listed %d %s at resourceVersion %s", len(listed.items), kind, listed.resource_version)
+
+    def _on_event(self, kind: str, event: WatchEvent) -> None:
+        rv = _meta(event.object).get("resourceVersion")
+        if isinstance(rv, str) and rv:
+            self.resource_version[kind] = rv
+        if event.type == "BOOKMARK":
+            return
+        if kind == "nodes":
+            self.apply_node(event.type, event.object)
+        else:
+            self.apply_pod(event.type, event.object)
+
+    # -- nodes --------------------------------------------------------------------------------------
+    def _replace_nodes(self, items: Sequence[KubeObject]) -> None:
+        seen = set()
+        for obj in items:
+            name = _meta(obj).get("name")
+            if isinstance(name, str):
+                seen.add(name)
+            self.apply_node("ADDED", obj)
+        for node in list(self.state.live_nodes()):
+            if node.name not in seen:
+                self.state.remove_node(node.name)
+        for name in set(self._node_inputs) - seen:
+            del self._node_inputs[name]
+
+    def apply_node(self, event_type: str, obj: KubeObject) -> None:
+        name = _meta(obj).get("name")
+        if not isinstance(name, str) or not name:
+            return
+        if event_type == "DELETED":
+            self.state.remove_node(name)
+            self._node_inputs.pop(name, None)
+        elif self._unchanged(name, obj):
+            pass  # e.g. only the node lock moved (twice per bind): nothing to re-parse
+        else:
+            try:
+                node = manifests.node_from_manifest(obj, self.vendors)
+            except HamiError as exc:
+                # A node we cannot read takes no new work until its agent writes a valid registration.
+                log.warning("node %s: ignoring malformed registration: %s", name, exc)
+                self.state.remove_node(name)
+            else:
+                if not self.track_node_resources:
+                    node = dataclasses.replace(node, cpu_milli=0, memory_mib=0)
+                self.state.upsert_node(node)
+        if self.on_node is not None:
+            annotations = _meta(obj).get("annotations") if event_type != "DELETED" else None
+            self.on_node(name, annotations if isinstance(annotations, Mapping) else {})
+
+    def _unchanged(self, name: str, obj: KubeObject) -> bool:
+        """Whether what a Node becomes in the state (annotations but the lock, allocatable) is as last seen."""
+        annotations = dict(_meta(obj).get("annotations") or {})
+        annotations.pop(anno.NODE_LOCK, None)
+        status = obj.get("status")
+        inputs = (annotations, status.get("allocatable") if isinstance(status, Mapping) else None)
+        if self._node_inputs.get(name) == inputs:
+            return True
+        self._node_inputs[name] = inputs
+        return False
+
+    # -- pods ---------------------------------------------------------------------------------------
+    def _replace_pods(self, items: Sequence[KubeObject], started: float) -> None:
+        seen = set()
+        for obj in items:
+            uid = _meta(obj).get("uid")
+            if isinstance(uid, str):
+                seen.add(uid)
+            self.apply_pod("ADDED", obj)
+        for uid in list(self.state.pods):
+            if uid not in seen and uid not in self.reservations:
+                self.state.remove_pod(uid)
+        # A reservation older than the list whose pod is not in it: the pod was deleted meanwhile.
+        for uid in self.reservations.created_before(started):
+            if uid not in seen:
+                self.reservations.release(uid)
+
+    def apply_pod(self, event_type: str, obj: KubeObject) -> None:
+        meta = _meta(obj)
+        uid = meta.get("uid")
+        if not isinstance(uid, str) or not uid:
+            return
+        if event_type == "DELETED":
+            self.reservations.release(uid)
+            self.state.remove_pod(uid)
+            return
+        try:
+            record = None if _failed_unbound(obj) else pod_record(obj, self.vendors)
+        except HamiError as exc:
+            log.warning("pod %s/%s: ignoring malformed allocation: %s", meta.get("namespace"),
+                        meta.get("name"), exc)
+            record = None
+        if record is not None:
+            self.state.add_pod(record)
+            self.reservations.confirm(uid)
+            return
+        reservation = self.reservations.get(uid)
+        if reservation is not None:
+            spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+            if manifests.pod_is_terminal(obj) or (isinstance(spec, Mapping) and spec.get("nodeName")):
+                # Finished, or bound by someone else without our allocation: the devices are not used.
+                self.reservations.release(uid)
+            return  # still pending between filter and bind: keep the reservation
+        self.state.remove_pod(uid)
+
+
+def _check_cancelled() -> None:
+    """Honour a cancellation a watch swallowed: Python 3.11's asyncio.wait_for (which a KubeApi may use
+    inside its watch) drops a cancel that arrives just as its inner wait completes."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _failed_unbound(pod: Mapping[str, Any]) -> bool:
+    """HAMi's own scheduler writes the allocation before binding and marks `bind-phase: failed` when the
+    bind fails; such a pod holds nothing until it is scheduled again."""
+    annotations = _meta(pod).get("annotations")
+    if not isinstance(annotations, Mapping) or annotations.get(anno.BIND_PHASE) != anno.BIND_PHASE_FAILED:
+        return False
+    spec = pod.get("spec")
+    return not (isinstance(spec, Mapping) and spec.get("nodeName"))

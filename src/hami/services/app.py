@@ -1,0 +1,188 @@
+"""`HamiService`: one ASGI app serving the extender verbs, the webhook, health and metrics, fed by a watch.
+
+This is wiring: one ClusterState, the informer that fills it, the reservations and binder that write
+through it, and the background tasks (informer, events, leader election, reservation expiry, TLS reload,
+the device-plugin stand-in for static clusters) tied to the app's lifespan.
+
+Health: `/healthz` (alive), `/readyz` (first full list done and, with leader election, leader). Readiness
+follows leadership on purpose: the Service then sends kube-scheduler and the API server to the leader
+only, which is what kube-scheduler handles best (a follower's Error would fail the pod's cycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from hami.kube.api import KubeApi
+from hami.kube.binder import Binder
+from hami.kube.devicesim import DevicePluginSimulator
+from hami.kube.events import EventRecorder
+from hami.kube.informer import ClusterInformer
+from hami.kube.leader import LeaderElector, LeaseConfig
+from hami.kube.nodelock import LockConfig, NodeLocks
+from hami.kube.reservations import Reservations
+from hami.scheduler.framework import Scheduler
+from hami.scheduler.state import ClusterState
+from hami.services import extender as extender_routes
+from hami.services import webhook as webhook_routes
+from hami.services.extender import Extender
+from hami.services.metrics import ServiceMetrics
+from hami.services.tls import ReloadingTLS
+from hami.vendors.base import Vendor
+from hami.vendors.registry import default_vendors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    scheduler_name: str = "hami-scheduler"
+    reservation_ttl_s: float = 30.0
+    node_lock: bool = True
+    node_queue_depth: int = 4  # pods in line for one node's lock before filter prefers another (0: never)
+    lock: LockConfig = field(default_factory=LockConfig)
+    leader: LeaseConfig | None = None  # None: no election, this replica always decides
+    simulate_device_plugin: bool = False
+    track_node_resources: bool = False
+    hami_legacy_metrics: bool = False
+    events: bool = True
+    max_body_bytes: int = 256 << 20  # a non-cache-capable NodeList of 5,000 nodes is tens of MiB
+
+
+class HamiService:
+    def __init__(self, api: KubeApi, config: ServiceConfig | None = None, *, scheduler: Scheduler | None = None,
+                 vendors: Sequence[Vendor] | None = None, tls: ReloadingTLS | None = None) -> None:
+        self.api = api
+        self.config = config = config or ServiceConfig()
+        self.vendors = tuple(default_vendors() if vendors is None else vendors)
+        self.scheduler = scheduler or Scheduler()
+        self.state = ClusterState()
+        self.reservations = Reservations(self.state, config.reservation_ttl_s)
+        self.locks = NodeLocks(api, config.lock) if config.node_lock else None
+        self.events = EventRecorder(api, component=config.scheduler_name) if config.events else None
+        self.metrics = ServiceMetrics(self.state, hami_legacy_names=config.hami_legacy_metrics)
+        self.informer = ClusterInformer(api, self.state, self.vendors, self.reservations,
+                                        track_node_resources=config.track_node_resources,
+                                        on_node=self.locks.notify if self.locks else None)
+        self.leader = LeaderElector(api, config.leader, on_change=self._leader_changed) if config.leader else None
+        self.binder = Binder(api, self.scheduler, self.reservations, self.vendors, self.locks, self.events,
+                             max_wait_s=config.lock.max_wait_s)
+        self.extender = Extender(self.state, self.scheduler, self.reservations, self.binder, self.vendors,
+                                 events=self.events, metrics=self.metrics, is_leader=self.is_leader,
+                                 locks=self.locks, queue_depth=config.node_queue_depth)
+        self.tls = tls
+        self.metrics.leader.set(1 if self.is_leader() else 0)
+
+    # -- state --------------------------------------------------------------------------------------
+    def is_leader(self) -> bool:
+        return self.leader is None or self.leader.is_leader
+
+    def _leader_changed(self, leader: bool) -> None:
+        self.metrics.leader.set(1 if leader else 0)
+        if not leader:
+            # Reservations of a former leader would pin devices nobody is going to bind.
+            self.reservations.release_unbound()
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.informer.synced.is_set():
+            return False, "cluster cache not synced yet"
+        if not self.is_leader():
+            holder = self.leader.holder if self.leader else ""
+            return False, f"not the leader (leader: {holder or 'none'})"
+        return True, "ok"
+
+    # -- background ---------------------------------------------------------------------------------
+    async def _expire_reservations(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            expired = self.reservations.expire()
+            if expired:
+                self.metrics.reservations_expired.inc(len(expired))
+                log.info("released %d reservations never bound: %s", len(expired),
+                         ", ".join(d.pod.key for d in expired[:10]))
+            self.metrics.reservations.set(len(self.reservations))
+
+    def _background(self) -> list[Coroutine[Any, Any, None]]:
+        tasks: list[Coroutine[Any, Any, None]] = [self.informer.run(), self._expire_reservations()]
+        if self.events is not None:
+            tasks.append(self.events.run())
+        if self.leader is not None:
+            tasks.append(self.leader.run())
+        if self.tls is not None:
+            tasks.append(self.tls.watch())
+        if self.config.simulate_device_plugin:
+            tasks.append(DevicePluginSimulator(self.api, self.vendors).run())
+        return tasks
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[HamiService]:
+        """Run the background tasks for the duration of the block; a task that dies is logged and the
+        service keeps running (readiness shows what is missing)."""
+        tasks = [asyncio.create_task(_logged(c)) for c in self._background()]
+        try:
+            yield self
+        finally:
+            await _cancel_all(tasks)
+            if self.leader is not None:
+                await self.leader.release()
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        async def healthz(request: Request) -> Response:
+            return PlainTextResponse("ok")
+
+        async def readyz(request: Request) -> Response:
+            ok, why = self.ready()
+            return PlainTextResponse(why, status_code=200 if ok else 503)
+
+        async def metrics(request: Request) -> Response:
+            return Response(await self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with self.running():
+                yield
+
+        return Starlette(
+            routes=[
+                *extender_routes.routes(self.extender, self.metrics),
+                *webhook_routes.routes(self.vendors, self.config.scheduler_name, self.metrics),
+                Route("/healthz", healthz), Route("/livez", healthz), Route("/readyz", readyz),
+                Route("/metrics", metrics),
+            ],
+            lifespan=lifespan,
+            max_body_size=self.config.max_body_bytes,
+        )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], attempts: int = 50) -> None:
+    """Cancel and wait, cancelling again what is still running: Python 3.11's asyncio.wait_for (used inside
+    some watches) swallows a cancellation that arrives just as its inner wait completes."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(attempts):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    log.warning("background tasks did not stop: %s", ", ".join(repr(t.get_coro()) for t in pending))
+
+
+async def _logged(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task failed")

@@ -1,0 +1,161 @@
+"""`hami serve`: the extender, webhook, health and metrics in one process (a Typer sub-app).
+
+Mounted in hami/cli.py with `app.add_typer(serve_app, name="serve")`. Talks to Kubernetes through
+`--kubeconfig` (or the in-cluster service account), or serves a static cluster read from `--cluster-file`
+(the format of `hami place`), binding in memory, for demos and tests without Kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hami.resources import HamiError
+
+if TYPE_CHECKING:
+    from hami.scheduler.framework import Scheduler
+    from hami.services.app import ServiceConfig
+
+app = typer.Typer(add_completion=False, help="Serve the scheduler extender and admission webhook.")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` (all interfaces) or `[::1]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise HamiError("--listen", f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT to listen on [default: :8443 with TLS, 127.0.0.1:8080 without]")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM), reloaded when it changes")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="server private key (PEM)")] = None,
+    cluster_file: Annotated[Path | None, typer.Option(
+        help="serve a static cluster from this file (`kubectl get nodes,pods -A -o yaml`), binding in memory")
+    ] = None,
+    kubeconfig: Annotated[Path | None, typer.Option(help="kubeconfig [default: in-cluster, then $KUBECONFIG]")
+                          ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
+    scheduler_name: Annotated[str, typer.Option(help="schedulerName the webhook sets on device pods")
+                              ] = "hami-scheduler",
+    namespace: Annotated[str | None, typer.Option(
+        help="namespace of the leader Lease [default: $POD_NAMESPACE, the service account's, kube-system]")
+    ] = None,
+    leader_elect: Annotated[bool | None, typer.Option(
+        "--leader-elect/--no-leader-elect", help="elect a leader on a Lease [default: on with Kubernetes]")
+    ] = None,
+    lease_name: Annotated[str, typer.Option(help="name of the leader Lease")] = "hami-scheduler",
+    node_policy: Annotated[str | None, typer.Option(help="cluster default node policy (binpack, spread...)")
+                           ] = None,
+    device_policy: Annotated[str | None, typer.Option(help="cluster default device policy chain")] = None,
+    reservation_ttl: Annotated[float, typer.Option(help="seconds a filter reservation waits for its bind")
+                               ] = 30.0,
+    node_lock: Annotated[bool, typer.Option(help="take HAMi's node lock before binding")] = True,
+    node_queue_depth: Annotated[int, typer.Option(
+        help="pods waiting for one node's lock before filter prefers the next-best node (0: never)")] = 4,
+    lock_expiry: Annotated[float, typer.Option(help="seconds after which a node lock is stale")] = 300.0,
+    bind_wait: Annotated[float, typer.Option(help="longest a bind waits for its node's lock, seconds")] = 20.0,
+    simulate_device_plugin: Annotated[bool | None, typer.Option(
+        "--simulate-device-plugin/--no-simulate-device-plugin",
+        help="acknowledge allocations as HAMi's device plugin would [default: on with --cluster-file]")] = None,
+    hami_metric_names: Annotated[bool, typer.Option(
+        help="also export HAMi's own metric names (GPUDeviceMemoryAllocated...)")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Serve /filter /prioritize /bind /preempt, /webhook, /healthz /readyz and /metrics."""
+    from hami.kube.leader import LeaseConfig
+    from hami.kube.nodelock import LockConfig
+    from hami.scheduler.framework import Scheduler, SchedulerConfig
+    from hami.services.app import ServiceConfig
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns everything else
+    try:
+        if (tls_cert is None) != (tls_key is None):
+            raise HamiError("--tls-cert/--tls-key", "give both or neither")
+        if cluster_file is not None and kubeconfig is not None:
+            raise HamiError("--cluster-file", "cannot be combined with --kubeconfig")
+        host, port = parse_listen(listen or (":8443" if tls_cert else "127.0.0.1:8080"))
+        static = cluster_file is not None
+        defaults = SchedulerConfig()
+        scheduler = Scheduler(SchedulerConfig(
+            node_policy=node_policy or defaults.node_policy,
+            device_policy=_split(device_policy) if device_policy else defaults.device_policy))
+        elect = (not static) if leader_elect is None else leader_elect
+        lease = None
+        if elect:
+            from hami.kube.client import in_cluster_namespace
+            lease = LeaseConfig(
+                namespace=namespace or os.environ.get("POD_NAMESPACE") or in_cluster_namespace() or "kube-system",
+                name=lease_name, identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+        config = ServiceConfig(
+            scheduler_name=scheduler_name, reservation_ttl_s=reservation_ttl, node_lock=node_lock,
+            node_queue_depth=node_queue_depth,
+            lock=LockConfig(expiry_s=lock_expiry, max_wait_s=bind_wait), leader=lease,
+            simulate_device_plugin=static if simulate_device_plugin is None else simulate_device_plugin,
+            hami_legacy_metrics=hami_metric_names)
+        asyncio.run(_serve(config, scheduler, host, port, tls_cert, tls_key, cluster_file, kubeconfig, context,
+                           log_level))
+    except HamiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+async def _serve(config: ServiceConfig, scheduler: Scheduler, host: str, port: int, tls_cert: Path | None,
+                 tls_key: Path | None, cluster_file: Path | None, kubeconfig: Path | None, context: str | None,
+                 log_level: str) -> None:
+    import ssl
+    from collections.abc import Callable
+
+    import uvicorn
+
+    from hami.kube.api import KubeApi
+    from hami.services.app import HamiService
+    from hami.services.tls import ReloadingTLS
+
+    api: KubeApi
+    close = None
+    if cluster_file is not None:
+        from hami.kube.memory import MemoryKubeApi
+        from hami.protocol.manifests import load_manifests
+
+        nodes, pods = load_manifests(cluster_file)
+        api = MemoryKubeApi.from_objects(nodes, pods)
+    else:
+        from hami.kube.client import HttpKubeApi, in_cluster_config, load_kubeconfig
+
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kube_config = in_cluster_config()
+        else:
+            kube_config = load_kubeconfig(kubeconfig, context)
+        http_api = HttpKubeApi(kube_config)
+        api, close = http_api, http_api.aclose
+    tls = ReloadingTLS(str(tls_cert), str(tls_key)) if tls_cert and tls_key else None
+    service = HamiService(api, config, scheduler=scheduler, tls=tls)
+    factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = None
+    if tls is not None:
+        def factory(cfg: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            return tls.context
+    server = uvicorn.Server(uvicorn.Config(
+        service.app(), host=host, port=port, log_level=log_level.lower(), access_log=False, http="h11",
+        ssl_context_factory=factory, timeout_keep_alive=75, lifespan="on"))
+    try:
+        await server.serve()
+    finally:
+        if close is not None:
+            await close()
