@@ -417,5 +417,7 @@ def test_summaries_add_up_equal_causes() -> None:
                          "CardTypeMismatch") == "NodeInsufficientDevice (CardInsufficientMemory, CardTypeMismatch)"
     reasons = {"a": "NodeInsufficientDevice: need 1, 0/2 fit, 2/2 CardInsufficientMemory",
                "b": "NodeInsufficientDevice: need 1, 0/4 fit, 4/4 CardInsufficientMemory", "c": "Insufficient cpu"}
-    assert summarize(reasons, 5) == ("2/5 nodes are available: 2 NodeInsufficientDevice (CardInsufficientMemory), "
-                                     "1 Insufficient cpu.")
+    assert summarize(reasons, 5) == ("2/5 nodes are available: 2 NodeInsufficientDevice (CardInsufficientMemory) "
+                                     "[a, b], 1 Insufficient cpu [c].")
+    many = {f"n{i}": "Insufficient cpu" for i in range(6)}
+    assert summarize(many, 6) == "0/6 nodes are available: 6 Insufficient cpu [n0, n1, n2, n3, ...]."

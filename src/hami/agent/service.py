@@ -83,7 +83,8 @@ class NodeAgent:
         self.table = table
         _log.info("node %s: %d device(s) found by %s, %d shared, split %d", self.settings.node_name,
                   len(inventory.devices), self.backend.name, len(table.devices), self.config.split_count)
-        events = EventRecorder(self.api, component=EVENT_COMPONENT, instance=self.settings.node_name)
+        events = EventRecorder(self.api, component=EVENT_COMPONENT, instance=self.settings.node_name,
+                               action="Allocating")
         allocator = Allocator(self.api, self.settings.node_name, table, self.allocation, events)
         self.plugin = DevicePluginServer(
             table, allocator, resource_name=self.settings.resource_name, socket_dir=self.settings.socket_dir,

@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,13 +45,20 @@ def coarse_reason(reason: str) -> str:
     return f"{head} ({', '.join(dict.fromkeys(names))})" if names else reason
 
 
-def summarize(reasons: Mapping[str, str], total: int, limit: int = 6) -> str:
-    """kube-scheduler's style, `0/8 nodes are available: 5 NodeInsufficientDevice (CardInsufficientMemory),
-    3 ...`, from per-node reasons; the most frequent first."""
-    counts = Counter(coarse_reason(r) for r in reasons.values())
-    parts = [f"{n} {reason}" for reason, n in counts.most_common(limit)]
-    if len(counts) > limit:
-        parts.append(f"{sum(n for _, n in counts.most_common()[limit:])} other")
+def summarize(reasons: Mapping[str, str], total: int, limit: int = 6, names: int = 4) -> str:
+    """kube-scheduler's style, `0/8 nodes are available: 5 NodeInsufficientDevice (CardInsufficientMemory)
+    [n1, n2, n3, n4, ...], 3 ...`, from per-node reasons, the most frequent first. The node names make
+    `kubectl describe pod` say where it looked, not only how often it failed."""
+    by_reason: dict[str, list[str]] = {}
+    for node in sorted(reasons):
+        by_reason.setdefault(coarse_reason(reasons[node]), []).append(node)
+    ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    parts = []
+    for reason, nodes in ranked[:limit]:
+        shown = ", ".join(nodes[:names]) + (", ..." if len(nodes) > names else "")
+        parts.append(f"{len(nodes)} {reason} [{shown}]")
+    if len(ranked) > limit:
+        parts.append(f"{sum(len(nodes) for _, nodes in ranked[limit:])} other")
     fit = total - len(reasons)
     head = f"{fit}/{total} nodes are available"
     return f"{head}: {', '.join(parts)}." if parts else f"{head}."
@@ -63,9 +70,10 @@ def _timestamp(at: datetime) -> str:
 
 class EventRecorder:
     def __init__(self, api: KubeApi, *, component: str = COMPONENT, instance: str | None = None,
-                 max_queue: int = 1000, dedup_s: float = 60.0) -> None:
+                 action: str = "Scheduling", max_queue: int = 1000, dedup_s: float = 60.0) -> None:
         self.api = api
         self.component = component
+        self.action = action  # what the component was doing: Scheduling (extender), Allocating (agent)
         self.instance = instance or socket.gethostname()
         self.dedup_s = dedup_s
         self._queue: asyncio.Queue[KubeObject] = asyncio.Queue(max_queue)
@@ -100,7 +108,7 @@ class EventRecorder:
             "reason": reason, "message": message[:MAX_MESSAGE], "type": event_type,
             "source": {"component": self.component},
             "firstTimestamp": _timestamp(at), "lastTimestamp": _timestamp(at),
-            "count": 1, "action": "Scheduling",
+            "count": 1, "action": self.action,
             "reportingComponent": self.component, "reportingInstance": self.instance,
         }
 
