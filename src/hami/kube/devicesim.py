@@ -21,12 +21,25 @@ log = logging.getLogger(__name__)
 
 
 class DevicePluginSimulator:
-    def __init__(self, api: KubeApi, vendors: Sequence[Vendor]) -> None:
+    """Every node has its own device plugin, so pods are acknowledged concurrently (bounded), not one
+    after another: a single sequential loop would hold every node's lock behind a cluster-wide queue."""
+
+    def __init__(self, api: KubeApi, vendors: Sequence[Vendor], concurrency: int = 32) -> None:
         self.api = api
         self.vendors = tuple(vendors)
         self.allocated = 0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        try:
+            await self._watch()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _watch(self) -> None:
         rv = ""
         while True:
             try:
@@ -34,12 +47,12 @@ class DevicePluginSimulator:
                     listed = await self.api.list("pods")
                     rv = listed.resource_version
                     for pod in listed.items:
-                        await self.handle(WatchEvent("ADDED", pod))
+                        self._spawn(WatchEvent("ADDED", pod))
                 async for event in self.api.watch("pods", resource_version=rv):
                     new_rv = (event.object.get("metadata") or {}).get("resourceVersion")
                     if new_rv:
                         rv = new_rv
-                    await self.handle(event)
+                    self._spawn(event)
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():  # see informer._check_cancelled
                         raise asyncio.CancelledError
@@ -49,6 +62,24 @@ class DevicePluginSimulator:
                     continue
                 log.warning("device plugin simulator: %s", exc)
                 await asyncio.sleep(1.0)
+
+    def _spawn(self, event: WatchEvent) -> None:
+        meta = event.object.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if key in self._in_flight:
+            return  # that pod is being acknowledged; a later event would only repeat the work
+        self._in_flight.add(key)
+
+        async def one() -> None:
+            try:
+                async with self._slots:
+                    await self.handle(event)
+            finally:
+                self._in_flight.discard(key)
+
+        task = asyncio.create_task(one())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def handle(self, event: WatchEvent) -> None:
         if event.type not in ("ADDED", "MODIFIED"):
@@ -68,12 +99,23 @@ class DevicePluginSimulator:
                 patch[vendor.annotations.to_allocate] = ";" * count
         try:
             await self.api.patch_annotations("pods", name, patch, namespace=namespace)
-            node_obj = await self.api.get("nodes", node)
-            lock = ((node_obj.get("metadata") or {}).get("annotations") or {}).get(anno.NODE_LOCK, "")
-            if lock.endswith(f",{namespace},{name}"):
-                await self.api.patch_annotations(
-                    "nodes", node, {anno.NODE_LOCK: None},
-                    resource_version=str(node_obj["metadata"].get("resourceVersion", "")))
+            await self._release(node, namespace, name)
             self.allocated += 1
         except ApiError as exc:
             log.warning("device plugin simulator: %s/%s on %s: %s", namespace, name, node, exc)
+
+    async def _release(self, node: str, namespace: str, name: str) -> None:
+        """Remove the pod's node lock; a conflict (someone else wrote the node) means look again."""
+        for _ in range(10):
+            node_obj = await self.api.get("nodes", node)
+            lock = ((node_obj.get("metadata") or {}).get("annotations") or {}).get(anno.NODE_LOCK, "")
+            if not lock.endswith(f",{namespace},{name}"):
+                return
+            try:
+                await self.api.patch_annotations(
+                    "nodes", node, {anno.NODE_LOCK: None},
+                    resource_version=str(node_obj["metadata"].get("resourceVersion", "")))
+                return
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise

@@ -50,7 +50,7 @@ class ServiceConfig:
     scheduler_name: str = "hami-scheduler"
     reservation_ttl_s: float = 30.0
     node_lock: bool = True
-    node_queue_depth: int = 4  # pods in line for one node's lock before filter prefers another (0: never)
+    node_queue_depth: int = 1  # pods in line for one node's lock before filter prefers another (0: never)
     lock: LockConfig = field(default_factory=LockConfig)
     leader: LeaseConfig | None = None  # None: no election, this replica always decides
     simulate_device_plugin: bool = False

@@ -67,7 +67,7 @@ def serve(
                                ] = 30.0,
     node_lock: Annotated[bool, typer.Option(help="take HAMi's node lock before binding")] = True,
     node_queue_depth: Annotated[int, typer.Option(
-        help="pods waiting for one node's lock before filter prefers the next-best node (0: never)")] = 4,
+        help="pods waiting for one node's lock before filter prefers the next-best node (0: never)")] = 1,
     lock_expiry: Annotated[float, typer.Option(help="seconds after which a node lock is stale")] = 300.0,
     bind_wait: Annotated[float, typer.Option(help="longest a bind waits for its node's lock, seconds")] = 20.0,
     simulate_device_plugin: Annotated[bool | None, typer.Option(
