@@ -51,3 +51,37 @@ not change under running clients. With tls.secretName set, only the CA (tls.caBu
 {{- dict "crt" $cert.Cert "key" $cert.Key "ca" $ca.Cert | toJson -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The image of hami (serve and node-agent run the same image). */}}
+{{- define "hami.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The node agent's objects (DaemonSet, ServiceAccount, RBAC, ConfigMap) are all named this. */}}
+{{- define "hami.nodeAgent.fullname" -}}
+{{- printf "%s-node-agent" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The node agent pods' labels. Their app.kubernetes.io/name differs from the scheduler's on purpose: the
+scheduler's Service and Deployment select name+instance, and must never match a node agent pod.
+*/}}
+{{- define "hami.nodeAgent.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-node-agent" (include "hami.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node-agent
+{{- end -}}
+
+{{/* Host directory of HAMi-core: <hookPath>/vgpu (libvgpu.so, ld.so.preload, containers/). */}}
+{{- define "hami.nodeAgent.vgpuDir" -}}
+{{- printf "%s/vgpu" (trimSuffix "/" .Values.nodeAgent.hookPath) -}}
+{{- end -}}
+
+{{/* The ConfigMap holding config.json, or "" when the agent runs without one. */}}
+{{- define "hami.nodeAgent.configMap" -}}
+{{- if .Values.nodeAgent.config.existingConfigMap -}}
+{{- .Values.nodeAgent.config.existingConfigMap -}}
+{{- else if .Values.nodeAgent.config.create -}}
+{{- printf "%s-config" (include "hami.nodeAgent.fullname" .) -}}
+{{- end -}}
+{{- end -}}
