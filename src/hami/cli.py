@@ -121,9 +121,11 @@ def _mount() -> None:
     """Sub-apps live with their layer; the top-level command only wires them in."""
     from hami.agent.cli import node_agent_app
     from hami.services.cli import app as serve_app
+    from hami.sim.cli import simulate
 
     app.add_typer(node_agent_app, name="node-agent")
     app.add_typer(serve_app, name="serve")
+    app.command("simulate")(simulate)
 
 
 _mount()

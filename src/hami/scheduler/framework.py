@@ -50,8 +50,10 @@ NOT_A_CANDIDATE = "NotACandidate"
 class SchedulerConfig:
     """Cluster defaults; a pod's annotations override the policies for that pod."""
 
-    node_policy: str = "binpack"
-    device_policy: tuple[str, ...] = ("spread",)
+    # Hami's own fragmentation-aware placement (scheduler/plugins/frag_aware.py), measured against FGD on
+    # the Alibaba trace in bench/RESULTS.md; binpack/spread remain a pod annotation away.
+    node_policy: str = "frag-aware"
+    device_policy: tuple[str, ...] = ("frag-aware",)
     exact_fit_attempts: int = 64  # nodes tried in score order before giving up on joint fit
 
 
@@ -341,6 +343,12 @@ class Scheduler:
                 return Decision(pod, state.node_names[idx], allocation, rejections)
             node_fail[idx] = why
         return Decision(pod, None, (), rejections)
+
+    def score_nodes(self, pod: PodRequest, state: ClusterState, nodes: IntArray) -> FloatArray:
+        """The pod's node policy scores for these node slots (higher is better), without placing it:
+        the extender's prioritize verb."""
+        scorer = self.node_scorer(pod.node_policy or self.config.node_policy)
+        return scorer.score(self._context(pod, state), nodes)
 
     # -- exact fit on one node ----------------------------------------------------------------------
     def _fit_node(self, ctx: PlacementContext, idx: int) -> tuple[PodAllocation | None, str]:

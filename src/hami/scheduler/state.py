@@ -124,6 +124,9 @@ class ClusterState:
         self.node_dcore_total = np.zeros(0, np.int64)
         self.node_dcore_used = np.zeros(0, np.int64)
         self.node_dtasks = np.zeros(0, np.int64)
+        # Per-node change counter (usage or devices), so policies can cache per-node derived values and
+        # recompute only the nodes that changed since they last looked.
+        self.node_epoch = np.zeros(0, np.int64)
         self.uuid_slots: dict[str, set[int]] = {}
         self.node_devices: list[IntArray] = []  # device slots in registration order
         self.node_uuid_slot: list[dict[str, int]] = []
@@ -133,6 +136,7 @@ class ClusterState:
         self.pods_by_node: dict[str, set[str]] = {}
         self._free_dev_slots: list[tuple[int, int]] = []  # (start, length) blocks
         self.version = 0  # bumped on every change, for caches keyed on the state
+        self.layout_version = 0  # bumped when nodes or device slots change (not on usage), for layout caches
 
     # -- growth -------------------------------------------------------------------------------------
     _DEV_ARRAYS = (
@@ -143,6 +147,7 @@ class ClusterState:
     _NODE_ARRAYS = (
         "node_valid", "node_cpu_total", "node_cpu_used", "node_mem_total", "node_mem_used",
         "node_dmem_total", "node_dmem_used", "node_dcore_total", "node_dcore_used", "node_dtasks",
+        "node_epoch",
     )
 
     def _grow_devices(self, need: int) -> None:
@@ -183,6 +188,7 @@ class ClusterState:
             self.node_index[node.name] = idx
         old = self.nodes[idx]
         self.version += 1
+        self.node_epoch[idx] += 1
         self.nodes[idx] = node
         self.node_valid[idx] = True
         self.node_cpu_total[idx] = node.cpu_milli
@@ -201,6 +207,8 @@ class ClusterState:
         if idx is None or not self.node_valid[idx]:
             return
         self.version += 1
+        self.layout_version += 1
+        self.node_epoch[idx] += 1
         self._release_devices(idx)
         self.node_valid[idx] = False
         self.nodes[idx] = None
@@ -237,6 +245,7 @@ class ClusterState:
         return start
 
     def _place_devices(self, idx: int, node: Node) -> None:
+        self.layout_version += 1
         n = len(node.devices)
         start = self._alloc_slots(n) if n else 0
         slots = np.arange(start, start + n, dtype=np.int64)
@@ -301,6 +310,7 @@ class ClusterState:
         idx = self.node_index.get(record.node)
         if idx is None or not self.node_valid[idx]:
             return  # applied when the node (re)appears
+        self.node_epoch[idx] += 1
         self.node_cpu_used[idx] += sign * record.cpu_milli
         self.node_mem_used[idx] += sign * record.memory_mib
         uuid_slot = self.node_uuid_slot[idx]

@@ -186,8 +186,7 @@ class Extender:
         idx = np.array([i for n in args.node_names if (i := self.state.node_index.get(n)) is not None
                         and self.state.node_valid[i]], np.int64)
         if len(idx):
-            ctx = self.scheduler._context(request, self.state)
-            raw = self.scheduler.node_scorer(request.node_policy or self.scheduler.config.node_policy).score(ctx, idx)
+            raw = self.scheduler.score_nodes(request, self.state, idx)
             lo, hi = float(np.min(raw)), float(np.max(raw))
             for i, value in zip(idx.tolist(), raw.tolist(), strict=True):
                 scores[self.state.node_names[i]] = round(9 * (value - lo) / (hi - lo)) if hi > lo else 9

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 _NODE: dict[str, Callable[[], NodeScorer]] = {}
 _DEVICE: dict[str, Callable[[], DevicePolicy]] = {}
-_BUILTIN = ("binpack", "spread", "mutex", "numa", "topology")
+_BUILTIN = ("binpack", "spread", "mutex", "numa", "topology", "random", "bestfit", "dotprod", "packing",
+            "clustering", "fgd", "frag_aware")
 _loaded = False
 
 
