@@ -63,11 +63,15 @@ def node_manifest(node: Node) -> dict[str, Any]:
 
 
 def pod_manifest(r: PodRecord) -> dict[str, Any]:
+    """The Pod object the API server would hold: its device limits and the allocation annotation."""
     namespace, name = r.key.split("/")
+    [devices] = r.allocation
+    limits = {"nvidia.com/gpu": str(len(devices)), "nvidia.com/gpumem": str(devices[0].memory_mib),
+              "nvidia.com/gpucores": str(devices[0].cores)}
     return {"metadata": {"name": name, "namespace": namespace, "uid": r.uid,
                          "annotations": {anno.VGPU_DEVICES_ALLOCATED: anno.encode_pod_allocation(r.allocation)}},
             "spec": {"nodeName": r.node, "containers": [{"name": "main", "resources": {
-                "requests": {"cpu": f"{r.cpu_milli}m", "memory": f"{r.memory_mib}Mi"}}}]},
+                "limits": limits, "requests": {"cpu": f"{r.cpu_milli}m", "memory": f"{r.memory_mib}Mi"}}}]},
             "status": {"phase": "Running"}}
 
 
