@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from hami.resources import ContainerRequest, Device, DeviceRequest, DeviceSelector, Node, PodRequest
+from hami.resources import (
+    ContainerDevice,
+    ContainerRequest,
+    Device,
+    DeviceRequest,
+    DeviceSelector,
+    Node,
+    PodRequest,
+)
+from hami.scheduler.state import ClusterState, PodRecord
+from hami.sim.trace import TraceNode, cluster_nodes
 
 
 def gpu(uuid: str, mem: int = 16384, model: str = "NVIDIA-Tesla T4", *, index: int = 0, numa: int = 0,
@@ -30,3 +40,17 @@ def pod(name: str, *requests: DeviceRequest, selector: DeviceSelector | None = N
     return PodRequest("default", name, f"uid-{name}", tuple(containers),
                       selector=selector or DeviceSelector(), node_policy=node_policy,
                       device_policy=device_policy)
+
+
+def trace_cluster(*nodes: TraceNode) -> ClusterState:
+    """A state holding openb-style nodes, as the simulator builds them."""
+    return ClusterState.build(cluster_nodes(list(nodes)), ())
+
+
+def occupy(state: ClusterState, node: str, gpu: int, pct: int, cpu: int = 0, uid: str = "") -> None:
+    """A pod already holding `pct` of one GPU (and `cpu` milli-CPU) on a trace node."""
+    uuid = f"{node}-gpu{gpu}"
+    card = int(state.dev_mem_total[state.node_uuid_slot[state.node_index[node]][uuid]])
+    device = ContainerDevice(uuid, "NVIDIA", card * pct // 100, pct)
+    uid = uid or f"{node}-{gpu}-{pct}-{len(state.pods)}"
+    state.add_pod(PodRecord(uid, f"x/{uid}", node, ((device,),), (False,), cpu, 0))

@@ -7,25 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from hami.resources import ContainerDevice, DeviceSelector
+from hami.resources import DeviceSelector
 from hami.scheduler.framework import Scheduler, SchedulerConfig
 from hami.scheduler.plugins.fgd import FgdNodes, best_per_row, sharing_candidates
 from hami.scheduler.plugins.fragmodel import FragModel, Workload
 from hami.scheduler.plugins.gpushare import PodShape
-from hami.scheduler.state import ClusterState, PodRecord
-from hami.sim.trace import TaskShape, TraceNode, cluster_nodes
-
-
-def cluster(*nodes: TraceNode) -> ClusterState:
-    return ClusterState.build(cluster_nodes(list(nodes)), ())
-
-
-def occupy(state: ClusterState, node: str, gpu: int, pct: int) -> None:
-    uuid = f"{node}-gpu{gpu}"
-    card = int(state.dev_mem_total[state.node_uuid_slot[state.node_index[node]][uuid]])
-    uid = f"{uuid}-{len(state.pods)}"
-    state.add_pod(PodRecord(uid, f"x/{uid}", node, ((ContainerDevice(uuid, "NVIDIA", card * pct // 100, pct),),),
-                            (False,), 0, 0))
+from hami.sim.trace import TaskShape, TraceNode
+from tests.builders import occupy
+from tests.builders import trace_cluster as cluster
 
 
 def naive_frag(wl: Workload, free: list[int], cpu: int, node_type: str) -> float:

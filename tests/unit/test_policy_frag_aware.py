@@ -6,26 +6,15 @@ import random
 
 import numpy as np
 
-from hami.resources import ContainerDevice
 from hami.scheduler.framework import Decision, Scheduler, SchedulerConfig
 from hami.scheduler.plugins.frag_aware import FragAwareNodes, GapTracker, ShapeHistory
 from hami.scheduler.plugins.gpushare import PodShape, gpu_state
-from hami.scheduler.state import ClusterState, PodRecord
+from hami.scheduler.state import ClusterState
 from hami.sim.engine import make_scheduler
 from hami.sim.policies import policy
-from hami.sim.trace import TaskShape, TraceNode, TraceTask, cluster_nodes
-
-
-def cluster(*nodes: TraceNode) -> ClusterState:
-    return ClusterState.build(cluster_nodes(list(nodes)), ())
-
-
-def occupy(state: ClusterState, node: str, gpu: int, pct: int) -> None:
-    uuid = f"{node}-gpu{gpu}"
-    card = int(state.dev_mem_total[state.node_uuid_slot[state.node_index[node]][uuid]])
-    uid = f"{uuid}-{len(state.pods)}"
-    state.add_pod(PodRecord(uid, f"x/{uid}", node, ((ContainerDevice(uuid, "NVIDIA", card * pct // 100, pct),),),
-                            (False,), 0, 0))
+from hami.sim.trace import TaskShape, TraceNode, TraceTask
+from tests.builders import occupy
+from tests.builders import trace_cluster as cluster
 
 
 def scheduler() -> Scheduler:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from hami.resources import ContainerDevice
 from hami.scheduler.framework import Decision, Scheduler, SchedulerConfig
-from hami.scheduler.state import ClusterState, PodRecord
+from hami.scheduler.state import ClusterState
 from hami.sim.engine import make_scheduler
 from hami.sim.policies import policy
-from hami.sim.trace import TaskShape, TraceNode, cluster_nodes
-
-
-def cluster(*nodes: TraceNode) -> ClusterState:
-    return ClusterState.build(cluster_nodes(list(nodes)), ())
-
-
-def occupy(state: ClusterState, node: str, gpu: int, pct: int, cpu: int = 0, uid: str = "") -> None:
-    """A pod already holding `pct` of one GPU (and `cpu` milli-CPU) on `node`."""
-    uuid = f"{node}-gpu{gpu}"
-    card = int(state.dev_mem_total[state.node_uuid_slot[state.node_index[node]][uuid]])
-    device = ContainerDevice(uuid, "NVIDIA", card * pct // 100, pct)
-    uid = uid or f"{node}-{gpu}-{pct}-{len(state.pods)}"
-    state.add_pod(PodRecord(uid, f"x/{uid}", node, ((device,),), (False,), cpu, 0))
+from hami.sim.trace import TaskShape, TraceNode
+from tests.builders import occupy
+from tests.builders import trace_cluster as cluster
 
 
 def place(name: str, state: ClusterState, shape: TaskShape, seed: int = 1) -> Decision:
