@@ -185,6 +185,12 @@ def test_candidates_restrict_nodes() -> None:
     assert d.node == "n2"
 
 
+def test_exclude_avoids_named_nodes_and_falls_through_to_none() -> None:
+    s, st = Scheduler(SchedulerConfig(node_policy="binpack")), two_nodes()
+    assert s.schedule(pod("p", share(mem=10)), st, exclude={"n1"}).node == "n2"
+    assert s.schedule(pod("p", share(mem=10)), st, candidates=["n1"], exclude=["n1", "ghost"]).node is None
+
+
 def test_cpu_and_memory_are_hard_limits_when_tracked() -> None:
     st = cluster(node("small", gpu("a"), cpu=1000, mem=1000), node("big", gpu("b"), cpu=8000, mem=8000))
     d = Scheduler(SchedulerConfig(node_policy="binpack")).schedule(pod("p", share(mem=10), cpu=2000), st)

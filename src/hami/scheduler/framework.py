@@ -292,8 +292,10 @@ class Scheduler:
                 slots.append(Slot(ci, req, c, device_reasons(req, c, view)))
         return PlacementContext(state, pod, slots, view)
 
-    def schedule(self, pod: PodRequest, state: ClusterState,
-                 candidates: Iterable[str] | None = None) -> Decision:
+    def schedule(self, pod: PodRequest, state: ClusterState, candidates: Iterable[str] | None = None,
+                 exclude: Iterable[str] = ()) -> Decision:
+        """Place `pod` on one of `candidates` (None: every node) other than `exclude` (a few names the
+        caller wants avoided, cheaper than a candidate list of all the others)."""
         ctx = self._context(pod, state)
         n_nodes = state.n_node_slots
         feasible = state.node_valid[:n_nodes].copy()
@@ -305,6 +307,10 @@ class Scheduler:
                 if i is not None:
                     cand[i] = True
             cand &= feasible
+        for name in exclude:
+            i = state.node_index.get(name)
+            if i is not None:
+                cand[i] = False
         cpu_total = state.node_cpu_total[:n_nodes]
         mem_total = state.node_mem_total[:n_nodes]
         cpu_fail = (cpu_total > 0) & (cpu_total - state.node_cpu_used[:n_nodes] < pod.cpu_milli)

@@ -68,7 +68,6 @@ class Extender:
         self.locks = locks
         self.queue_depth = queue_depth
         self._cover: tuple[tuple[str, ...], int, bool] | None = None  # (names, layout version, covers all)
-        self._live: tuple[int, tuple[str, ...]] | None = None  # (layout version, live node names)
 
     def _candidates(self, names: tuple[str, ...]) -> tuple[str, ...] | None:
         """The candidates to hand the framework: None when `names` includes every node of the state, which
@@ -118,8 +117,7 @@ class Extender:
         if busy:
             # Prefer nodes without a full line for their lock; the best of them is the best overall
             # whenever that one is not busy, so one decision suffices in the common case.
-            names = self._live_names() if candidates is None else candidates
-            decision = self.scheduler.schedule(request, self.state, [n for n in names if n not in busy])
+            decision = self.scheduler.schedule(request, self.state, candidates, exclude=busy)
         if decision is None or decision.node is None:
             decision = self.scheduler.schedule(request, self.state, candidates)
         if decision.node is not None:
@@ -154,12 +152,6 @@ class Extender:
         for node, holder in self.locks.held().items():
             line.setdefault(node, set()).add(holder)
         return {node for node, pods in line.items() if len(pods) >= self.queue_depth}
-
-    def _live_names(self) -> tuple[str, ...]:
-        layout = self.state.layout_version
-        if self._live is None or self._live[0] != layout:
-            self._live = (layout, tuple(node.name for node in self.state.live_nodes()))
-        return self._live[1]
 
     def _event(self, request: PodRequest, reason: str, message: str) -> None:
         if self.events is not None:
