@@ -78,6 +78,24 @@ def _str(value: Any, where: str) -> str:
     return value.strip()
 
 
+def _entries(data: Mapping[str, Any], key: str, allowed: frozenset[str], origin: str
+             ) -> list[tuple[str, Mapping[str, Any]]]:
+    """`data[key]` as (field path, mapping) pairs: a list of mappings with only `allowed` keys."""
+    raw_list = data.get(key) or []
+    if not isinstance(raw_list, list):
+        raise HamiError(f"{origin}.{key}", "expected a list")
+    out = []
+    for i, raw in enumerate(raw_list):
+        where = f"{origin}.{key}[{i}]"
+        if not isinstance(raw, Mapping):
+            raise HamiError(where, "expected a mapping")
+        unknown = set(raw) - allowed
+        if unknown:
+            raise HamiError(where, f"unknown keys {sorted(unknown)}")
+        out.append((where, raw))
+    return out
+
+
 def parse_fake_spec(data: Any, origin: str = "devices") -> FakeSpec:
     """Validate a devices document; every mistake is a HamiError naming the file and the field."""
     if not isinstance(data, Mapping):
@@ -85,19 +103,9 @@ def parse_fake_spec(data: Any, origin: str = "devices") -> FakeSpec:
     unknown = set(data) - {"devices", "failures"}
     if unknown:
         raise HamiError(origin, f"unknown keys {sorted(unknown)} (expected devices, failures)")
-    raw_devices = data.get("devices") or []
-    if not isinstance(raw_devices, list):
-        raise HamiError(f"{origin}.devices", "expected a list")
-
     devices: list[DiscoveredDevice] = []
     nvlinks: dict[tuple[str, str], int] = {}
-    for i, raw in enumerate(raw_devices):
-        where = f"{origin}.devices[{i}]"
-        if not isinstance(raw, Mapping):
-            raise HamiError(where, "expected a mapping")
-        unknown = set(raw) - _DEVICE_KEYS
-        if unknown:
-            raise HamiError(where, f"unknown keys {sorted(unknown)}")
+    for i, (where, raw) in enumerate(_entries(data, "devices", _DEVICE_KEYS, origin)):
         uuid = _str(raw.get("uuid"), f"{where}.uuid")
         if any(c in uuid for c in ",:;"):
             raise HamiError(f"{where}.uuid", f"{uuid!r} contains one of , : ; (annotation separators)")
@@ -143,17 +151,8 @@ def parse_fake_spec(data: Any, origin: str = "devices") -> FakeSpec:
             pcie = PCIE_SAME_CPU if one.numa == other.numa else PCIE_CROSS_CPU
             links.append((one.uuid, other.uuid, pair_score(pcie, count)))
 
-    raw_failures = data.get("failures") or []
-    if not isinstance(raw_failures, list):
-        raise HamiError(f"{origin}.failures", "expected a list")
     failures: list[ScheduledFailure] = []
-    for i, raw in enumerate(raw_failures):
-        where = f"{origin}.failures[{i}]"
-        if not isinstance(raw, Mapping):
-            raise HamiError(where, "expected a mapping")
-        unknown = set(raw) - _FAILURE_KEYS
-        if unknown:
-            raise HamiError(where, f"unknown keys {sorted(unknown)}")
+    for where, raw in _entries(data, "failures", _FAILURE_KEYS, origin):
         uuid = _str(raw.get("uuid"), f"{where}.uuid")
         if uuid not in known:
             raise HamiError(f"{where}.uuid", f"unknown device {uuid}")
