@@ -106,6 +106,12 @@ class DevicePolicy:
 _FIRST = DevicePolicy()
 
 
+def _reason_counts(codes: IntArray) -> list[str]:
+    """`n/total Reason` for each reason among a node's devices, the most frequent first."""
+    counts = Counter(int(c) for c in codes if c != Reason.FITS)
+    return [f"{n}/{len(codes)} {REASON_NAMES[Reason(c)]}" for c, n in counts.most_common()]
+
+
 def _view(state: ClusterState, sel: slice | IntArray) -> DeviceView:
     return DeviceView(
         valid=state.dev_valid[sel], health=state.dev_health[sel], cordoned=state.dev_cordoned[sel],
@@ -203,10 +209,8 @@ class Rejections(Mapping[str, str]):
         if len(dev) == 0:
             return f"{NODE_INSUFFICIENT_DEVICE}: no {slot.request.vendor} device"
         codes = slot.codes[dev]
-        counts = Counter(int(c) for c in codes if c != Reason.FITS)
         fit = int((codes == Reason.FITS).sum())
-        detail = [f"need {slot.request.count}, {fit}/{len(dev)} fit"]
-        detail += [f"{n}/{len(dev)} {REASON_NAMES[Reason(c)]}" for c, n in counts.most_common()]
+        detail = [f"need {slot.request.count}, {fit}/{len(dev)} fit", *_reason_counts(codes)]
         return f"{NODE_INSUFFICIENT_DEVICE}: {', '.join(detail)}"
 
     def unresolvable(self) -> set[str]:
@@ -381,8 +385,7 @@ class Scheduler:
             cand = np.array([i for i in np.flatnonzero(codes == Reason.FITS).tolist()
                              if state.dev_uuid[slots_idx[i]] not in taken], np.int64)
             if len(cand) < slot.request.count:
-                counts = Counter(REASON_NAMES[Reason(int(x))] for x in codes if x != Reason.FITS)
-                detail = ", ".join(f"{n}/{len(codes)} {r}" for r, n in counts.most_common())
+                detail = ", ".join(_reason_counts(codes))
                 return None, f"{NODE_INSUFFICIENT_DEVICE}: {detail or 'devices taken by this pod'}"
             ordered = self._order(ctx, idx, slot, view, cand, rankers)
             picker = pickers[0] if pickers else _FIRST
