@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from hami.scheduler.framework import Decision, Scheduler, SchedulerConfig
 from hami.scheduler.plugins.frag_aware import FragAwareNodes, GapTracker, ShapeHistory
@@ -144,3 +145,47 @@ def test_a_pod_asked_about_twice_is_learned_once() -> None:
     once = ShapeHistory(scorer(sched).tuning.half_life)
     once.observe(PodShape(1000, 1, 500))
     assert scorer(sched).history.counts == once.counts
+
+
+def test_sharing_price_is_each_nodes_cheapest_gpu_by_the_cost_definition() -> None:
+    # The scorer prices free shares, not GPUs, and keeps each node's cheapest; this checks it GPU by GPU
+    # against the cost as the module docstring defines it, and that the pod then gets that GPU.
+    rng = random.Random(7)
+    state = cluster(*(TraceNode(f"n{i}", 48000, 262144, 4, "T4" if i % 3 else "G2") for i in range(8)))
+    sched = scheduler()
+    for i, task in enumerate(random_tasks(rng, 40)):
+        d = decide(sched, state, task, f"w{i}")
+        if d.node is not None:
+            sched.reserve(state, d)
+    q, cpu = 300, 2000
+    pod = TaskShape(cpu, 100, 1, q).request("q", "q")
+    nodes = np.arange(state.n_node_slots, dtype=np.int64)
+    got = sched.score_nodes(pod, state, nodes)
+    s, g = scorer(sched), gpu_state(state)
+    tn, rho = s.tuning, s.rho
+    waste = s.gaps.waste(s.gap_prior, tn.gap_prior)
+    assert s.eligibility is not None
+    pressure = s.eligibility.pressure(s.tables.total)
+    checked = 0
+    for n in nodes.tolist():
+        total, left = int(g.free[n].sum()), int(g.cpu_left[n])
+        node_cost = (tn.strand * (max(0.0, total - q - (left - cpu) / rho) - max(0.0, total - left / rho))
+                     + tn.scarcity * q * pressure[n] + tn.pack * (total - q) / 1000)
+        best, col = -np.inf, -1
+        for c, f in enumerate(g.free[n].tolist()):
+            if f >= q and -(node_cost + tn.gap * (waste[(f - q) // 10] - waste[f // 10])) > best + 1e-9:
+                best, col = -(node_cost + tn.gap * (waste[(f - q) // 10] - waste[f // 10])), c
+        assert got[n] == pytest.approx(best), n
+        if col >= 0:
+            d = sched.schedule(pod, state, [state.node_names[n]])
+            assert d.allocation[0][0].uuid == state.dev_uuid[state.node_devices[n][col]]
+            checked += 1
+    assert 0 < checked < len(nodes)  # some nodes have a GPU to offer, some do not
+
+
+def test_gpus_with_equal_free_share_go_by_index() -> None:
+    s = cluster(TraceNode("a", 64000, 262144, 4, "T4"))
+    occupy(s, "a", 1, 40)
+    occupy(s, "a", 3, 40)  # GPUs 1 and 3 have 600 free, 0 and 2 are idle
+    d = decide(scheduler(), s, TaskShape(1000, 100, 1, 300))
+    assert d.allocation[0][0].uuid in ("a-gpu0", "a-gpu1")

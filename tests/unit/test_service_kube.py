@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from hami.kube.memory import MemoryKubeApi
 from hami.kube.nodelock import LockConfig, NodeLockError, NodeLocks
 from hami.kube.reservations import Reservations
 from hami.protocol import annotations as anno
-from hami.scheduler.framework import Scheduler
+from hami.scheduler.framework import Scheduler, SchedulerConfig
 from hami.scheduler.state import ClusterState
 from hami.vendors.registry import default_vendors
 
@@ -193,6 +194,44 @@ def test_reservations_expire_unless_binding() -> None:
     assert set(state.pods) == {"uid-b"} and "uid-b" in res
     res.confirm("uid-b")
     assert res.release("uid-b") is None and set(state.pods) == {"uid-b"}  # confirmed: the record stays
+
+
+def test_pending_pods_per_node_follow_every_way_a_reservation_ends() -> None:
+    # Filter reads this on every call, so it is kept as reservations change rather than recomputed; it must
+    # agree with the reservations after any sequence of reserve / re-reserve / release / confirm / expire.
+    from hami.protocol.manifests import pod_request
+    now = [0.0]
+    state = ClusterState()
+    for name in ("n1", "n2", "n3"):
+        state.upsert_node(_node(name))
+    res = Reservations(state, ttl_s=10, clock=lambda: now[0])
+    sched = Scheduler(SchedulerConfig(node_policy="spread"))
+    rng = random.Random(3)
+    expected: dict[str, tuple[str, str]] = {}  # uid -> (node, key)
+    for step in range(300):
+        uid = f"uid-p{rng.randrange(12)}"
+        op = rng.choice(["reserve", "reserve", "release", "confirm", "expire"])
+        if op == "reserve":
+            decision = sched.schedule(pod_request(pod_manifest(uid[4:], gpumem=1), VENDORS), state,
+                                      [rng.choice(["n1", "n2", "n3"])])
+            assert decision.node is not None
+            res.reserve(decision)
+            expected[uid] = (decision.node, decision.pod.key)
+        elif op == "release":
+            res.release(uid)
+            expected.pop(uid, None)
+        elif op == "confirm":
+            res.confirm(uid)
+            expected.pop(uid, None)
+        else:
+            now[0] += 6
+            for d in res.expire():
+                expected.pop(d.pod.uid)
+        by_node: dict[str, dict[str, str]] = {}
+        for u, (node, key) in expected.items():
+            by_node.setdefault(node, {})[u] = key
+        assert res.pending_on_nodes() == by_node, step
+        assert len(res) == len(expected)
 
 
 def _node(name: str) -> Any:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hami.protocol.annotations import decode_pod_allocation, encode_pod_allocation
 from hami.resources import DeviceRequest, Node, PodRequest
-from hami.scheduler.framework import Scheduler, SchedulerConfig
+from hami.scheduler.framework import Scheduler, SchedulerConfig, best_first
 from hami.scheduler.state import ClusterState, PodRecord
 from tests.builders import gpu, node, pod, share
 
@@ -119,3 +120,13 @@ def test_node_reregistration_keeps_usage(nodes: list[Node], specs) -> None:  # t
         state.upsert_node(n)
     assert state.device_usage() == before
     assert_within_capacity(state)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0, np.nan]), max_size=40), st.integers(0, 45))
+def test_best_first_is_the_head_of_a_full_sort(scores: list[float], k: int) -> None:
+    # Few distinct values, so ties straddle the k-th place; ties must still go to the lower slot.
+    nodes = np.arange(len(scores), dtype=np.int64) * 3
+    values = np.array(scores, np.float64)
+    full = nodes[np.lexsort((nodes, -values))][:k]
+    assert best_first(nodes, values, k).tolist() == full.tolist()

@@ -18,7 +18,7 @@ scheduling decision with no await in between.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hami.scheduler.framework import Decision
@@ -41,6 +41,7 @@ class Reservations:
         self.ttl_s = ttl_s
         self.clock = clock
         self._by_uid: dict[str, Reservation] = {}
+        self._on_node: dict[str, dict[str, str]] = {}  # node -> {uid: pod key}, kept with _by_uid
 
     def __contains__(self, uid: object) -> bool:
         return uid in self._by_uid
@@ -60,11 +61,22 @@ class Reservations:
         self.state.add_pod(decision.record())
         reservation = Reservation(decision, now, now + self.ttl_s)
         self._by_uid[decision.pod.uid] = reservation
+        self._on_node.setdefault(decision.node, {})[decision.pod.uid] = decision.pod.key
+        return reservation
+
+    def _forget(self, uid: str) -> Reservation | None:
+        reservation = self._by_uid.pop(uid, None)
+        if reservation is not None and reservation.decision.node is not None:
+            pods = self._on_node.get(reservation.decision.node)
+            if pods is not None:
+                pods.pop(uid, None)
+                if not pods:
+                    del self._on_node[reservation.decision.node]
         return reservation
 
     def release(self, uid: str) -> Decision | None:
         """Forget the reservation and give its devices back (unless the informer already confirmed it)."""
-        reservation = self._by_uid.pop(uid, None)
+        reservation = self._forget(uid)
         if reservation is None:
             return None
         record = self.state.pods.get(uid)
@@ -74,7 +86,7 @@ class Reservations:
 
     def confirm(self, uid: str) -> None:
         """The API server now holds the allocation; the informer's record replaces ours."""
-        self._by_uid.pop(uid, None)
+        self._forget(uid)
 
     def expire(self) -> list[Decision]:
         """Release reservations whose bind never came; returns them (for logs and metrics)."""
@@ -82,13 +94,10 @@ class Reservations:
         stale = [uid for uid, r in self._by_uid.items() if not r.binding and r.expires <= now]
         return [d for uid in stale if (d := self.release(uid)) is not None]
 
-    def pending_by_node(self) -> dict[str, set[str]]:
-        """node -> keys (namespace/name) of the pods reserved there and not yet confirmed."""
-        out: dict[str, set[str]] = {}
-        for r in self._by_uid.values():
-            if r.decision.node is not None:
-                out.setdefault(r.decision.node, set()).add(r.decision.pod.key)
-        return out
+    def pending_on_nodes(self) -> Mapping[str, Mapping[str, str]]:
+        """node -> {uid: pod key (namespace/name)} of the pods reserved there and not yet confirmed. A live
+        view kept as reservations come and go (filter reads it on every call): do not modify it."""
+        return self._on_node
 
     def release_unbound(self) -> int:
         """Release every reservation no bind has started on (a replica that stops leading)."""

@@ -346,8 +346,7 @@ class Scheduler:
         # -- score and select ---------------------------------------------------------------------
         scorer = self.node_scorer(pod.node_policy or self.config.node_policy)
         scores = scorer.score(ctx, feasible_nodes)
-        order = feasible_nodes[np.lexsort((feasible_nodes, -scores))]
-        for idx in order[: self.config.exact_fit_attempts].tolist():
+        for idx in best_first(feasible_nodes, scores, self.config.exact_fit_attempts).tolist():
             allocation, why = self._fit_node(ctx, idx)
             if allocation is not None:
                 return Decision(pod, state.node_names[idx], allocation, rejections)
@@ -422,6 +421,19 @@ class Scheduler:
         if decision.node is None:
             raise ValueError(f"{decision.pod.key}: cannot reserve an unplaced pod")
         state.add_pod(decision.record())
+
+
+def best_first(nodes: IntArray, scores: FloatArray, k: int) -> IntArray:
+    """The `k` best nodes, highest score first and ties to the lower slot: a full sort's first `k`, at the
+    cost of a partition (sorting 5,000 scores per pod to try the first one or two is most of a filter)."""
+    if len(nodes) > k > 0:
+        key = -scores
+        kth = np.partition(key, k - 1)[k - 1]
+        if not np.isnan(kth):
+            keep = key <= kth  # every tie at the boundary too, so the lower slots among them win
+            nodes, scores = nodes[keep], scores[keep]
+    out: IntArray = nodes[np.lexsort((nodes, -scores))][:k]
+    return out
 
 
 def container_allocation_by_vendor(allocation: PodAllocation, vendor: str) -> PodAllocation:

@@ -148,10 +148,14 @@ class Extender:
         `queue_depth` pods at a time, but a burst no longer queues behind one node for many lock cycles
         (HAMi's stall; bounded here by the bind wait) while other nodes could take the pods now."""
         assert self.locks is not None
-        line = self.reservations.pending_by_node()
+        depth = self.queue_depth
+        line = self.reservations.pending_on_nodes()
+        busy = {node for node, pods in line.items() if len(pods) >= depth}
         for node, holder in self.locks.held().items():
-            line.setdefault(node, set()).add(holder)
-        return {node for node, pods in line.items() if len(pods) >= self.queue_depth}
+            pods = line.get(node, {})
+            if node not in busy and len(pods) + (holder not in pods.values()) >= depth:
+                busy.add(node)
+        return busy
 
     def _event(self, request: PodRequest, reason: str, message: str) -> None:
         if self.events is not None:

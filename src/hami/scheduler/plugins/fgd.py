@@ -31,9 +31,32 @@ from hami.scheduler.plugins.gpushare import (
 )
 from hami.scheduler.state import ClusterState
 
-SCRATCH = "gpu-choice"  # ctx.scratch key: {node slot: device column} chosen by the node step
+SCRATCH = "gpu-choice"  # ctx.scratch key: the GpuChoice of the node step
 COVERAGE = 0.95
 RELEARN_EVERY = 100
+
+
+class GpuChoice:
+    """The device column a node step chose on each node it scored (-1: no GPU of the node fits), for its
+    own device step. An array per node slot, not a dict: filling a 5,000-entry dict per pod cost more
+    than the scoring it records."""
+
+    __slots__ = ("_col",)
+
+    def __init__(self, nodes: IntArray, cols: IntArray) -> None:
+        self._col = np.full(int(nodes.max(initial=-1)) + 1, -2, np.int64)  # -2: not scored
+        self._col[nodes] = cols
+
+    def get(self, node: int) -> int | None:
+        """The chosen column (-1 when none fits), or None when the node step did not score `node`."""
+        if node >= len(self._col) or self._col[node] == -2:
+            return None
+        return int(self._col[node])
+
+
+def gpu_choice(ctx: PlacementContext) -> GpuChoice | None:
+    choice = ctx.scratch.get(SCRATCH)
+    return choice if isinstance(choice, GpuChoice) else None
 
 
 class FragTables:
@@ -154,7 +177,7 @@ class FgdNodes:
                                         bucket[rows], f, shape.gpu_milli)
             integer = fgd_score(after - before[rows])
             best, col = best_per_row(rows, cols, integer, len(nodes))
-            ctx.scratch[SCRATCH] = dict(zip(nodes.tolist(), col.tolist(), strict=True))
+            ctx.scratch[SCRATCH] = GpuChoice(nodes, col)
             integer_nodes = np.where(np.isfinite(best), best, -1.0)
         elif shape.num_gpu:
             after = model.after_whole(t.cnt[nodes], t.sums[nodes], t.total[nodes], node_type, bucket,
@@ -180,7 +203,8 @@ class ChosenDevice(DevicePolicy):
 
     def rank(self, ctx: PlacementContext, node: int, slot: Slot, view: DeviceView,
              cand: IntArray) -> FloatArray | None:
-        choice = ctx.scratch.get(SCRATCH, {}).get(node)
+        chosen = gpu_choice(ctx)
+        choice = chosen.get(node) if chosen is not None else None
         if choice is None or slot.request.exclusive:
             return None
         out: FloatArray = (cand != choice).astype(np.float64)

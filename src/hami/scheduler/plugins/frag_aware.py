@@ -33,7 +33,7 @@ from hami.resources import DeviceSelector
 from hami.scheduler.fit import DeviceView
 from hami.scheduler.framework import PlacementContext, Slot
 from hami.scheduler.plugins import register_device_policy, register_node_scorer
-from hami.scheduler.plugins.fgd import SCRATCH, ChosenDevice, FragTables, best_per_row, sharing_candidates
+from hami.scheduler.plugins.fgd import SCRATCH, ChosenDevice, FragTables, GpuChoice, gpu_choice
 from hami.scheduler.plugins.fragmodel import FragModel, Workload
 from hami.scheduler.plugins.gpushare import (
     MILLI,
@@ -272,16 +272,22 @@ class FragAwareNodes:
         if shape.num_gpu and tn.scarcity and self.eligibility is not None:
             price = tn.scarcity * shape.gpu_request * self.eligibility.pressure(t.total)[nodes]
         if shape.sharing:
-            rows, cols, f = sharing_candidates(g.free[nodes], shape.gpu_milli)
-            left = f - shape.gpu_milli
-            free_after = total[rows] - shape.gpu_milli
+            # Only the gap term depends on which GPU of a node is taken (the others on the node's total):
+            # price every free share once, gather per GPU, and keep each node's cheapest (first on ties).
+            q = shape.gpu_milli
             waste = self.gaps.waste(self.gap_prior, tn.gap_prior)
-            cost = (tn.strand * (self._stranded(free_after, cpu_after[rows]) - stranded[rows])
-                    + price[rows] + tn.gap * (waste[left // 10] - waste[f // 10])
-                    + tn.pack * free_after / MILLI)
-            best, col = best_per_row(rows, cols, -cost, len(nodes))
-            ctx.scratch[SCRATCH] = dict(zip(nodes.tolist(), col.tolist(), strict=True))
-            out: FloatArray = np.where(np.isfinite(best), best, -np.inf)
+            share = np.arange(q, MILLI + 1)
+            gap_cost = np.full(MILLI + 1, np.inf)
+            gap_cost[q:] = waste[(share - q) // 10] - waste[share // 10]
+            per_gpu = gap_cost[g.free[nodes]]
+            col = per_gpu.argmin(axis=1)
+            best_gap = per_gpu[np.arange(len(nodes)), col]
+            fits = np.isfinite(best_gap)
+            free_after = total - q
+            cost = (tn.strand * (self._stranded(free_after, cpu_after) - stranded) + price
+                    + tn.gap * np.where(fits, best_gap, 0.0) + tn.pack * free_after / MILLI)
+            ctx.scratch[SCRATCH] = GpuChoice(nodes, np.where(fits, col, -1))
+            out: FloatArray = np.where(fits, -cost, -np.inf)
             return out
         bucket = model.bucket(cpu_after)
         if shape.num_gpu:
@@ -304,7 +310,8 @@ class FragAwareDevices(ChosenDevice):
 
     def rank(self, ctx: PlacementContext, node: int, slot: Slot, view: DeviceView,
              cand: IntArray) -> FloatArray | None:
-        if slot.request.exclusive or node in ctx.scratch.get(SCRATCH, {}):
+        chosen = gpu_choice(ctx)
+        if slot.request.exclusive or (chosen is not None and chosen.get(node) is not None):
             return super().rank(ctx, node, slot, view, cand)
         out: FloatArray = device_free(view, cand).astype(np.float64)
         return out

@@ -149,7 +149,8 @@ def _device_shares(state: ClusterState, slots: IntArray, present: BoolArray) -> 
                          out=np.zeros(s.shape), where=mem_total > 0)
     usable = (present & state.dev_health[s] & ~state.dev_cordoned[s]
               & (state.dev_count_used[s] < state.dev_count_total[s]))
-    free = np.where(usable, np.floor(np.minimum(core_free, mem_free) + 1e-9), 0).astype(np.int64)
+    share = np.clip(np.floor(np.minimum(core_free, mem_free) + 1e-9), 0, MILLI)  # over-committed: 0, not <0
+    free = np.where(usable, share, 0).astype(np.int64)
     idle = usable & (state.dev_count_used[s] == 0)
     return free, idle
 
