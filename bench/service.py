@@ -39,7 +39,6 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
-import uvloop
 
 from hami.protocol.annotations import NODE_NVIDIA_REGISTER, VGPU_DEVICES_ALLOCATED, encode_node_devices
 from hami.protocol.annotations import encode_pod_allocation as encode_alloc
@@ -297,9 +296,8 @@ def main() -> None:
                     sys.exit(f"hami serve exited with {server.returncode}")
                 time.sleep(0.2)
             start_s = time.perf_counter() - t0
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                result = runner.run(run_client(port, [n["metadata"]["name"] for n in nodes], pending, args,
-                                               server.pid))
+            result = asyncio.run(run_client(port, [n["metadata"]["name"] for n in nodes], pending, args,
+                                            server.pid))
         finally:
             server.terminate()
             server.wait(30)

@@ -109,13 +109,8 @@ def serve(
             lock=LockConfig(expiry_s=lock_expiry, max_wait_s=bind_wait), leader=lease,
             simulate_device_plugin=static if simulate_device_plugin is None else simulate_device_plugin,
             hami_legacy_metrics=hami_metric_names)
-        import uvloop
-
-        # uvloop and httptools (below): the event loop and HTTP parsing are a third of a filter+bind's CPU
-        # on the stock asyncio loop and h11.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(config, scheduler, host, port, tls_cert, tls_key, cluster_file, kubeconfig,
-                              context, log_level))
+        asyncio.run(_serve(config, scheduler, host, port, tls_cert, tls_key, cluster_file, kubeconfig, context,
+                           log_level))
     except HamiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -157,7 +152,7 @@ async def _serve(config: ServiceConfig, scheduler: Scheduler, host: str, port: i
         def factory(cfg: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
             return tls.context
     server = uvicorn.Server(uvicorn.Config(
-        service.app(), host=host, port=port, log_level=log_level.lower(), access_log=False, http="httptools",
+        service.app(), host=host, port=port, log_level=log_level.lower(), access_log=False, http="h11",
         ssl_context_factory=factory, timeout_keep_alive=75, lifespan="on"))
     try:
         await server.serve()
