@@ -101,8 +101,9 @@ class Kube:
         r.raise_for_status()
         return dict(r.json())
 
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
-        return list(self.http.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"])
+    def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return list(self.http.get(f"/api/v1/namespaces/{namespace}/pods", params=params).json()["items"])
 
     def wait_bound(self, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

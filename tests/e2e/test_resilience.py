@@ -97,6 +97,16 @@ def test_sigkill_mid_burst_then_restart_loses_nothing(cluster: Cluster, kube: Ku
         a = pods[n]["metadata"]["annotations"]
         assert a[anno.VGPU_NODE] == pods[n]["spec"]["nodeName"]
         assert anno.VGPU_DEVICES_ALLOCATED in a
+    # Pods bound just before the kill got their hami.io/vgpu-node label from the restarted replica.
+    deadline = time.monotonic() + 30
+    while True:
+        labels = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(anno.VGPU_NODE)
+                  for p in kube.list_pods("crash")}
+        unlabelled = [n for n in bound if labels.get(n) != pods[n]["spec"]["nodeName"]]
+        if not unlabelled or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not unlabelled, unlabelled
 
 
 def _ctx(cluster: Cluster) -> ssl.SSLContext:

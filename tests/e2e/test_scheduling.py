@@ -3,6 +3,8 @@ webhook, scheduled by a real kube-scheduler calling our extender, annotations re
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hami.protocol import annotations as anno
@@ -47,6 +49,12 @@ def test_shared_pods_binpack_onto_one_gpu_with_spec_annotations(kube: Kube) -> N
         assert a[anno.BIND_PHASE] in ("allocating", "success")
         assert int(a[anno.VGPU_TIME]) > 0 and int(a[anno.BIND_TIME]) > 0
         assert p["spec"]["schedulerName"] == "hami-scheduler"
+    # HAMi's vGPU monitor finds a node's pods by this label.
+    (node,) = nodes
+    deadline = time.monotonic() + 30
+    while len(labelled := kube.list_pods("binpack", f"{anno.VGPU_NODE}={node}")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sorted(p["metadata"]["name"] for p in labelled) == ["p0", "p1", "p2", "p3"]
 
 
 def test_shared_pods_spread_across_nodes_and_gpus(kube: Kube) -> None:

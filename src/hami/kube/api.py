@@ -60,6 +60,11 @@ class KubeApi(Protocol):
         conditional (409 if the object changed): that is how node locks are taken safely."""
         ...
 
+    async def patch_labels(self, kind: str, name: str, labels: Mapping[str, str | None], *,
+                           namespace: str | None = None) -> KubeObject:
+        """Merge-patch metadata.labels (None deletes a key)."""
+        ...
+
     async def bind(self, namespace: str, name: str, uid: str, node: str,
                    annotations: Mapping[str, str]) -> None:
         """POST pods/{name}/binding; the annotations are merged into the pod in the same write."""

@@ -279,6 +279,13 @@ class HttpKubeApi:
             content_type="application/merge-patch+json")
         return result
 
+    async def patch_labels(self, kind: str, name: str, labels: Mapping[str, str | None], *,
+                           namespace: str | None = None) -> KubeObject:
+        result: KubeObject = await self._request(
+            "PATCH", _path(kind, namespace or "default", name), body={"metadata": {"labels": dict(labels)}},
+            content_type="application/merge-patch+json")
+        return result
+
     async def bind(self, namespace: str, name: str, uid: str, node: str,
                    annotations: Mapping[str, str]) -> None:
         meta: dict[str, Any] = {"name": name, "annotations": dict(annotations)}

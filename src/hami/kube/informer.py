@@ -40,11 +40,13 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 class ClusterInformer:
     """Feeds `state` from the API server. `synced` is set once both kinds have been listed in full.
-    `on_node(name, annotations)` hears of every node change (the node lock waits on it)."""
+    `on_node(name, annotations)` hears of every node change (the node lock waits on it), `on_pod(event type,
+    pod)` of every pod event and listed pod."""
 
     def __init__(self, api: KubeApi, state: ClusterState, vendors: Sequence[Vendor],
                  reservations: Reservations, *, track_node_resources: bool = False,
-                 on_node: Callable[[str, Mapping[str, str]], None] | None = None, watch_timeout_s: int = 300,
+                 on_node: Callable[[str, Mapping[str, str]], None] | None = None,
+                 on_pod: Callable[[str, KubeObject], None] | None = None, watch_timeout_s: int = 300,
                  backoff_s: float = 1.0) -> None:
         self.api = api
         self.state = state
@@ -52,6 +54,7 @@ class ClusterInformer:
         self.reservations = reservations
         self.track_node_resources = track_node_resources
         self.on_node = on_node
+        self.on_pod = on_pod
         self.watch_timeout_s = watch_timeout_s
         self.backoff_s = backoff_s
         self.synced = asyncio.Event()
@@ -182,6 +185,8 @@ class ClusterInformer:
                 self.reservations.release(uid)
 
     def apply_pod(self, event_type: str, obj: KubeObject) -> None:
+        if self.on_pod is not None:
+            self.on_pod(event_type, obj)
         meta = _meta(obj)
         uid = meta.get("uid")
         if not isinstance(uid, str) or not uid:

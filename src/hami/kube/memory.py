@@ -29,6 +29,15 @@ def _copy(obj: KubeObject) -> KubeObject:
     return result
 
 
+def _merge(current: dict[str, str], patch: Mapping[str, str | None]) -> None:
+    """A JSON merge patch of one string map: None deletes the key."""
+    for key, value in patch.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = value
+
+
 def _matches(obj: KubeObject, field_selector: str | None, label_selector: str | None) -> bool:
     for selector, getter in ((field_selector, _field), (label_selector, _label)):
         if not selector:
@@ -184,12 +193,16 @@ class MemoryKubeApi:
         if resource_version is not None and obj["metadata"]["resourceVersion"] != resource_version:
             raise ApiError(409, f'Operation cannot be fulfilled on {kind} "{name}": the object has been '
                                 "modified; please apply your changes to the latest version", "Conflict")
-        current = obj["metadata"].setdefault("annotations", {})
-        for key, value in annotations.items():
-            if value is None:
-                current.pop(key, None)
-            else:
-                current[key] = value
+        _merge(obj["metadata"].setdefault("annotations", {}), annotations)
+        self._record(kind, "MODIFIED", obj)
+        return _copy(obj)
+
+    async def patch_labels(self, kind: str, name: str, labels: Mapping[str, str | None], *,
+                           namespace: str | None = None) -> KubeObject:
+        obj = self._store(kind).get(self._key(kind, name, namespace))
+        if obj is None:
+            raise ApiError(404, f'{kind} "{name}" not found', "NotFound")
+        _merge(obj["metadata"].setdefault("labels", {}), labels)
         self._record(kind, "MODIFIED", obj)
         return _copy(obj)
 

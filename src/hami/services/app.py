@@ -31,6 +31,7 @@ from hami.kube.events import EventRecorder
 from hami.kube.informer import ClusterInformer
 from hami.kube.leader import LeaderElector, LeaseConfig
 from hami.kube.nodelock import LockConfig, NodeLocks
+from hami.kube.podlabel import VgpuNodeLabeler
 from hami.kube.reservations import Reservations
 from hami.scheduler.framework import Scheduler
 from hami.scheduler.state import ClusterState
@@ -72,9 +73,11 @@ class HamiService:
         self.locks = NodeLocks(api, config.lock) if config.node_lock else None
         self.events = EventRecorder(api, component=config.scheduler_name) if config.events else None
         self.metrics = ServiceMetrics(self.state, hami_legacy_names=config.hami_legacy_metrics)
+        self.labeler = VgpuNodeLabeler(api, self.is_leader)
         self.informer = ClusterInformer(api, self.state, self.vendors, self.reservations,
                                         track_node_resources=config.track_node_resources,
-                                        on_node=self.locks.notify if self.locks else None)
+                                        on_node=self.locks.notify if self.locks else None,
+                                        on_pod=self.labeler.observe)
         self.leader = LeaderElector(api, config.leader, on_change=self._leader_changed) if config.leader else None
         self.binder = Binder(api, self.scheduler, self.reservations, self.vendors, self.locks, self.events,
                              max_wait_s=config.lock.max_wait_s)
@@ -114,7 +117,8 @@ class HamiService:
             self.metrics.reservations.set(len(self.reservations))
 
     def _background(self) -> list[Coroutine[Any, Any, None]]:
-        tasks: list[Coroutine[Any, Any, None]] = [self.informer.run(), self._expire_reservations()]
+        tasks: list[Coroutine[Any, Any, None]] = [self.informer.run(), self._expire_reservations(),
+                                                  self.labeler.run()]
         if self.events is not None:
             tasks.append(self.events.run())
         if self.leader is not None:
