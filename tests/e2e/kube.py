@@ -38,12 +38,16 @@ class Kube:
         return name
 
     def gpu_node(self, name: str, devices: list[Device], *, cpu: str = "64", memory: str = "256Gi",
-                 cordon: str = "", extra_annotations: dict[str, str] | None = None) -> dict[str, Any]:
+                 cordon: str = "", extra_annotations: dict[str, str] | None = None,
+                 allocatable_gpus: int | None = None) -> dict[str, Any]:
+        """A node as its device plugin registered it; `allocatable_gpus` overrides what kubelet reports
+        (0: the device plugin is gone)."""
         annotations = {anno.NODE_NVIDIA_REGISTER: anno.encode_node_devices(devices), **(extra_annotations or {})}
         if cordon:
             annotations[anno.DEVICE_CORDON] = cordon
         resources = {"cpu": cpu, "memory": memory, "pods": "110",
-                     "nvidia.com/gpu": str(sum(d.count for d in devices))}
+                     "nvidia.com/gpu": str(sum(d.count for d in devices) if allocatable_gpus is None
+                                           else allocatable_gpus)}
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "annotations": annotations, "labels": {"e2e": "true"}},
                 "status": {"capacity": resources, "allocatable": resources,

@@ -4,6 +4,7 @@ webhook, scheduled by a real kube-scheduler calling our extender, annotations re
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -55,6 +56,20 @@ def test_shared_pods_binpack_onto_one_gpu_with_spec_annotations(kube: Kube) -> N
     while len(labelled := kube.list_pods("binpack", f"{anno.VGPU_NODE}={node}")) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sorted(p["metadata"]["name"] for p in labelled) == ["p0", "p1", "p2", "p3"]
+
+
+def test_a_node_whose_device_plugin_is_gone_takes_no_work(kube: Kube) -> None:
+    # Both registrations were last reported 10 minutes ago; kubelet still has the devices of one of them.
+    old = anno.reported_handshake(datetime.now(UTC) - timedelta(minutes=10))
+    kube.gpu_node("live-ok", gpus("live-ok", "E2ELIVE", 1), extra_annotations={anno.NODE_HANDSHAKE: old})
+    kube.gpu_node("live-gone", gpus("live-gone", "E2ELIVE", 1), extra_annotations={anno.NODE_HANDSHAKE: old},
+                  allocatable_gpus=0)
+    for i in range(2):
+        kube.pod("live", f"p{i}", {"nvidia.com/gpumem": "1000"},
+                 annotations={**SPREAD, anno.NVIDIA_USE_GPUTYPE: "E2ELIVE"})
+        assert kube.wait_bound("live", f"p{i}")["spec"]["nodeName"] == "live-ok"  # spread would take the other
+    kube.pod("live", "pinned", {"nvidia.com/gpumem": "1000"}, annotations={anno.NVIDIA_USE_GPUUUID: "GPU-live-gone-0"})
+    kube.wait_event("live", "pinned", "CardNotHealth")
 
 
 def test_shared_pods_spread_across_nodes_and_gpus(kube: Kube) -> None:

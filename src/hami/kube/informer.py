@@ -22,8 +22,8 @@ from typing import Any
 from hami.kube.api import ApiError, KubeApi, KubeObject, WatchEvent
 from hami.kube.reservations import Reservations
 from hami.protocol import annotations as anno
-from hami.protocol import manifests
-from hami.resources import HamiError
+from hami.protocol import liveness, manifests
+from hami.resources import HamiError, Node
 from hami.scheduler.snapshot import pod_record
 from hami.scheduler.state import ClusterState
 from hami.vendors.base import Vendor
@@ -47,7 +47,8 @@ class ClusterInformer:
                  reservations: Reservations, *, track_node_resources: bool = False,
                  on_node: Callable[[str, Mapping[str, str]], None] | None = None,
                  on_pod: Callable[[str, KubeObject], None] | None = None, watch_timeout_s: int = 300,
-                 backoff_s: float = 1.0) -> None:
+                 backoff_s: float = 1.0, registration_expiry_s: float = 60.0, liveness_check_s: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.api = api
         self.state = state
         self.vendors = tuple(vendors)
@@ -57,6 +58,10 @@ class ClusterInformer:
         self.on_pod = on_pod
         self.watch_timeout_s = watch_timeout_s
         self.backoff_s = backoff_s
+        self.registration_expiry_s = registration_expiry_s
+        self.liveness_check_s = liveness_check_s
+        self.clock = clock
+        self._recheck: dict[str, tuple[float, KubeObject]] = {}  # node -> (when its liveness may lapse, obj)
         self.synced = asyncio.Event()
         self._kind_synced = {kind: False for kind in KINDS}
         self._node_inputs: dict[str, tuple[dict[str, Any], Any]] = {}
@@ -67,6 +72,21 @@ class ClusterInformer:
         async with asyncio.TaskGroup() as group:
             for kind in KINDS:
                 group.create_task(self._run(kind), name=f"informer-{kind}")
+            group.create_task(self._liveness(), name="informer-liveness")
+
+    async def _liveness(self) -> None:
+        while True:
+            await asyncio.sleep(self.liveness_check_s)
+            self.check_liveness()
+
+    def check_liveness(self) -> None:
+        """Re-read the nodes whose registration may have gone stale since they last changed (time passes
+        without any event: an agent that died writes nothing)."""
+        now = self.clock()
+        for name in [n for n, (at, _) in self._recheck.items() if at <= now]:
+            _, obj = self._recheck.pop(name)
+            self._node_inputs.pop(name, None)
+            self.apply_node("MODIFIED", obj)
 
     # -- list + watch -------------------------------------------------------------------------------
     async def _run(self, kind: str) -> None:
@@ -132,6 +152,8 @@ class ClusterInformer:
                 self.state.remove_node(node.name)
         for name in set(self._node_inputs) - seen:
             del self._node_inputs[name]
+        for name in set(self._recheck) - seen:
+            del self._recheck[name]
 
     def apply_node(self, event_type: str, obj: KubeObject) -> None:
         name = _meta(obj).get("name")
@@ -140,6 +162,7 @@ class ClusterInformer:
         if event_type == "DELETED":
             self.state.remove_node(name)
             self._node_inputs.pop(name, None)
+            self._recheck.pop(name, None)
         elif self._unchanged(name, obj):
             pass  # e.g. only the node lock moved (twice per bind): nothing to re-parse
         else:
@@ -152,10 +175,25 @@ class ClusterInformer:
             else:
                 if not self.track_node_resources:
                     node = dataclasses.replace(node, cpu_milli=0, memory_mib=0)
-                self.state.upsert_node(node)
+                self.state.upsert_node(self._live(node, obj))
         if self.on_node is not None:
             annotations = _meta(obj).get("annotations") if event_type != "DELETED" else None
             self.on_node(name, annotations if isinstance(annotations, Mapping) else {})
+
+    def _live(self, node: Node, obj: KubeObject) -> Node:
+        """The node with the devices of stale registrations marked unhealthy (protocol/liveness)."""
+        stale, recheck = liveness.stale_vendors(obj, self.vendors, self.clock(), self.registration_expiry_s)
+        if recheck < liveness.NEVER:
+            self._recheck[node.name] = (recheck, obj)
+        else:
+            self._recheck.pop(node.name, None)
+        if not stale:
+            return node
+        log.warning("node %s: %s registration older than %gs and no allocatable devices: its devices take no "
+                    "new work until its device plugin reports again", node.name, ", ".join(sorted(stale)),
+                    self.registration_expiry_s)
+        return dataclasses.replace(node, devices=tuple(
+            dataclasses.replace(d, health=False) if d.vendor in stale else d for d in node.devices))
 
     def _unchanged(self, name: str, obj: KubeObject) -> bool:
         """Whether what a Node becomes in the state (annotations but the lock, allocatable) is as last seen."""

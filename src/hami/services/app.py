@@ -56,6 +56,7 @@ class ServiceConfig:
     leader: LeaseConfig | None = None  # None: no election, this replica always decides
     simulate_device_plugin: bool = False
     track_node_resources: bool = False
+    registration_expiry_s: float = 60.0  # protocol/liveness: a stale registration with no allocatable devices
     hami_legacy_metrics: bool = False
     events: bool = True
     max_body_bytes: int = 256 << 20  # a non-cache-capable NodeList of 5,000 nodes is tens of MiB
@@ -77,7 +78,8 @@ class HamiService:
         self.informer = ClusterInformer(api, self.state, self.vendors, self.reservations,
                                         track_node_resources=config.track_node_resources,
                                         on_node=self.locks.notify if self.locks else None,
-                                        on_pod=self.labeler.observe)
+                                        on_pod=self.labeler.observe,
+                                        registration_expiry_s=config.registration_expiry_s)
         self.leader = LeaderElector(api, config.leader, on_change=self._leader_changed) if config.leader else None
         self.binder = Binder(api, self.scheduler, self.reservations, self.vendors, self.locks, self.events,
                              max_wait_s=config.lock.max_wait_s)

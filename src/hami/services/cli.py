@@ -70,6 +70,9 @@ def serve(
         help="pods waiting for one node's lock before filter prefers the next-best node (0: never)")] = 1,
     lock_expiry: Annotated[float, typer.Option(help="seconds after which a node lock is stale")] = 300.0,
     bind_wait: Annotated[float, typer.Option(help="longest a bind waits for its node's lock, seconds")] = 20.0,
+    registration_expiry: Annotated[float, typer.Option(
+        help="seconds after its handshake a registration is stale; a stale one with no allocatable devices "
+             "takes no new work")] = 60.0,
     simulate_device_plugin: Annotated[bool | None, typer.Option(
         "--simulate-device-plugin/--no-simulate-device-plugin",
         help="acknowledge allocations as HAMi's device plugin would [default: on with --cluster-file]")] = None,
@@ -108,6 +111,7 @@ def serve(
             node_queue_depth=node_queue_depth,
             lock=LockConfig(expiry_s=lock_expiry, max_wait_s=bind_wait), leader=lease,
             simulate_device_plugin=static if simulate_device_plugin is None else simulate_device_plugin,
+            registration_expiry_s=registration_expiry,
             hami_legacy_metrics=hami_metric_names)
         asyncio.run(_serve(config, scheduler, host, port, tls_cert, tls_key, cluster_file, kubeconfig, context,
                            log_level))

@@ -31,6 +31,11 @@ class Vendor(Protocol):
     name: str  # the vendor string in allocation annotations, e.g. "NVIDIA"
     annotations: VendorAnnotations
 
+    @property
+    def count_resource(self) -> str:
+        """The device-count resource kubelet reports in allocatable, e.g. "nvidia.com/gpu"."""
+        ...
+
     def resource_names(self) -> frozenset[str]:
         """Container resource names this vendor owns (limits keys)."""
         ...

@@ -91,6 +91,10 @@ class NvidiaVendor:
     def __repr__(self) -> str:
         return f"NvidiaVendor({self.config!r})"
 
+    @property
+    def count_resource(self) -> str:
+        return self.config.resource_count
+
     def resource_names(self) -> frozenset[str]:
         c = self.config
         return frozenset({c.resource_count, c.resource_memory, c.resource_memory_percentage,
