@@ -198,12 +198,17 @@ def _error(status: int, body: bytes) -> ApiError:
     return ApiError(status, body[:500].decode("utf-8", "replace"))
 
 
+def _list_version(data: Mapping[str, Any]) -> str:
+    return str((data.get("metadata") or {}).get("resourceVersion", ""))
+
+
 class HttpKubeApi:
     """KubeApi over HTTP/1.1. One connection pool; watches hold a connection each while they stream."""
 
-    def __init__(self, config: KubeConfig, *, timeout_s: float = 30.0,
+    def __init__(self, config: KubeConfig, *, timeout_s: float = 30.0, page_size: int = 500,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._token = _Token(config.token, config.token_file)
+        self.page_size = page_size  # list in pages, as client-go's informers do: no 100k-pod response
         verify: ssl.SSLContext | bool = ssl_context(config) if config.server.startswith("https") else False
         self._timeout_s = timeout_s
         self._client = httpx.AsyncClient(
@@ -231,13 +236,31 @@ class HttpKubeApi:
 
     async def list(self, kind: str, *, namespace: str | None = None, field_selector: str | None = None,
                    label_selector: str | None = None) -> ObjectList:
-        params = {}
+        """Every object, `page_size` at a time. All pages come from the snapshot of the first (its
+        resourceVersion is the list's); if that snapshot is compacted away mid-list (410), list again in one
+        piece, which is what client-go's pager does."""
+        params: dict[str, str] = {}
         if field_selector:
             params["fieldSelector"] = field_selector
         if label_selector:
             params["labelSelector"] = label_selector
-        data = await self._request("GET", _path(kind, namespace), params=params)
-        return ObjectList(list(data.get("items") or []), str(data.get("metadata", {}).get("resourceVersion", "")))
+        path = _path(kind, namespace)
+        items: list[KubeObject] = []
+        token, version = "", ""
+        while True:
+            page = {**params, "limit": str(self.page_size), **({"continue": token} if token else {})}
+            try:
+                data = await self._request("GET", path, params=page if self.page_size > 0 else params)
+            except ApiError as exc:
+                if exc.status != 410 or not token:
+                    raise
+                data = await self._request("GET", path, params=params)
+                return ObjectList(list(data.get("items") or []), _list_version(data))
+            items.extend(data.get("items") or [])
+            version = version or _list_version(data)
+            token = str((data.get("metadata") or {}).get("continue") or "")
+            if not token or self.page_size <= 0:
+                return ObjectList(items, version)
 
     async def watch(self, kind: str, *, resource_version: str, namespace: str | None = None,
                     field_selector: str | None = None, timeout_s: int = 300) -> AsyncIterator[WatchEvent]:
