@@ -55,7 +55,9 @@ class NodeLocks:
         self._queues: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
-        self._locked: dict[str, str] = {}  # node -> lock value, as the informer last saw it
+        # node -> the lock as the informer last saw it, decoded once (filter reads them on every call);
+        # None for a value that cannot be read
+        self._locked: dict[str, anno.NodeLock | None] = {}
         self.takeovers = 0
 
     def notify(self, node: str, annotations: Mapping[str, str] | None = None) -> None:
@@ -63,7 +65,10 @@ class NodeLocks:
         if annotations is not None:
             value = annotations.get(anno.NODE_LOCK)
             if value:
-                self._locked[node] = value
+                try:
+                    self._locked[node] = anno.decode_node_lock(value)
+                except HamiError:
+                    self._locked[node] = None
             else:
                 self._locked.pop(node, None)
         event = self._changed.get(node)
@@ -75,12 +80,8 @@ class NodeLocks:
         allocating, which the next bind to that node will wait for. Usually a handful."""
         out = {}
         now = self.clock()
-        for node, value in self._locked.items():
-            try:
-                lock = anno.decode_node_lock(value)
-            except HamiError:
-                continue
-            if now - lock.at <= timedelta(seconds=self.config.expiry_s):
+        for node, lock in self._locked.items():
+            if lock is not None and now - lock.at <= timedelta(seconds=self.config.expiry_s):
                 out[node] = f"{lock.namespace}/{lock.pod}"
         return out
 
