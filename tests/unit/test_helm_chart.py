@@ -162,6 +162,15 @@ def test_scheduler_deployment_webhook_and_kube_scheduler_config(overrides: dict[
     assert extender["tlsConfig"]["caData"] == webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
 
 
+def test_scheduler_rbac_allows_every_call_the_service_makes() -> None:
+    rules = set(rules_of(find(render(), "ClusterRole", FULLNAME)))
+    needed = {("", "nodes", v) for v in ("get", "list", "watch", "patch")}  # cache, node lock
+    needed |= {("", "pods", v) for v in ("get", "list", "watch", "patch")}  # cache, hami.io/vgpu-node label
+    needed |= {("", "pods/binding", "create"), ("", "events", "create")}
+    assert needed <= rules, needed - rules
+    assert not any(verb in ("*", "delete") or resource == "secrets" for _, resource, verb in rules)
+
+
 # --- the node agent -----------------------------------------------------------------------------------
 
 
