@@ -460,3 +460,30 @@ def test_summaries_add_up_equal_causes() -> None:
                                      "[a, b], 1 Insufficient cpu [c].")
     many = {f"n{i}": "Insufficient cpu" for i in range(6)}
     assert summarize(many, 6) == "0/6 nodes are available: 6 Insufficient cpu [n0, n1, n2, n3, ...]."
+
+
+# --- device-plugin stand-in ----------------------------------------------------------------------------------
+
+
+async def test_stand_in_acknowledges_a_bind_seen_while_an_older_event_of_the_pod_waits() -> None:
+    # Under load a pod's pre-bind event may still wait for a slot when its bind event arrives; the bind must
+    # not be dropped as a duplicate, or the node stays locked until the lock expires.
+    from hami.kube.devicesim import DevicePluginSimulator
+    api = cluster(pod_manifest("p", gpumem=1000))
+    before = await api.get("pods", "p")
+    await api.patch_annotations("nodes", "n1", {anno.NODE_LOCK: anno.encode_node_lock(
+        datetime.now(UTC), "default", "p")})
+    await api.bind("default", "p", "uid-p", "n1", {anno.VGPU_DEVICES_ALLOCATED: "GPU-a,NVIDIA,1000,0:;",
+                                                  anno.VGPU_DEVICES_TO_ALLOCATE: "GPU-a,NVIDIA,1000,0:;",
+                                                  anno.BIND_PHASE: anno.BIND_PHASE_ALLOCATING})
+    sim = DevicePluginSimulator(api, VENDORS, concurrency=1)
+    await sim._slots.acquire()  # every slot busy
+    sim._spawn(WatchEvent("MODIFIED", before))
+    sim._spawn(WatchEvent("MODIFIED", await api.get("pods", "p")))
+    sim._slots.release()
+    for _ in range(100):
+        if not sim._tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert (await api.get("pods", "p"))["metadata"]["annotations"][anno.BIND_PHASE] == anno.BIND_PHASE_SUCCESS
+    assert await _lock_value(api, "n1") is None and sim.allocated == 1

@@ -29,7 +29,8 @@ class DevicePluginSimulator:
         self.vendors = tuple(vendors)
         self.allocated = 0
         self._slots = asyncio.Semaphore(concurrency)
-        self._in_flight: set[tuple[str, str]] = set()
+        # pod -> the newest event not yet handled, while a task works on that pod
+        self._in_flight: dict[tuple[str, str], WatchEvent] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -67,15 +68,22 @@ class DevicePluginSimulator:
         meta = event.object.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         if key in self._in_flight:
-            return  # that pod is being acknowledged; a later event would only repeat the work
-        self._in_flight.add(key)
+            # That pod is being handled from an older event, which may predate its bind: keep the newest
+            # one for the same task (dropping it left bound pods unacknowledged, their node locked).
+            self._in_flight[key] = event
+            return
+        self._in_flight[key] = event
 
         async def one() -> None:
             try:
                 async with self._slots:
-                    await self.handle(event)
+                    while True:
+                        current = self._in_flight[key]
+                        await self.handle(current)
+                        if self._in_flight[key] is current:
+                            break
             finally:
-                self._in_flight.discard(key)
+                del self._in_flight[key]
 
         task = asyncio.create_task(one())
         self._tasks.add(task)
