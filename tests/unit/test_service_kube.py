@@ -477,9 +477,10 @@ async def test_stand_in_acknowledges_a_bind_seen_while_an_older_event_of_the_pod
                                                   anno.VGPU_DEVICES_TO_ALLOCATE: "GPU-a,NVIDIA,1000,0:;",
                                                   anno.BIND_PHASE: anno.BIND_PHASE_ALLOCATING})
     sim = DevicePluginSimulator(api, VENDORS, concurrency=1)
+    bound_pod = await api.get("pods", "p")
     await sim._slots.acquire()  # every slot busy
     sim._spawn(WatchEvent("MODIFIED", before))
-    sim._spawn(WatchEvent("MODIFIED", await api.get("pods", "p")))
+    sim._spawn(WatchEvent("MODIFIED", bound_pod))
     sim._slots.release()
     for _ in range(100):
         if not sim._tasks:
@@ -487,3 +488,6 @@ async def test_stand_in_acknowledges_a_bind_seen_while_an_older_event_of_the_pod
         await asyncio.sleep(0.01)
     assert (await api.get("pods", "p"))["metadata"]["annotations"][anno.BIND_PHASE] == anno.BIND_PHASE_SUCCESS
     assert await _lock_value(api, "n1") is None and sim.allocated == 1
+    writes = len(api._log)
+    await sim.handle(WatchEvent("MODIFIED", bound_pod))  # an event from before our own patch, late
+    assert len(api._log) == writes and sim.allocated == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from hami.protocol import annotations as anno
 from hami.vendors.base import Vendor
 
 log = logging.getLogger(__name__)
+
+ACKNOWLEDGED_KEPT = 10_000
 
 
 class DevicePluginSimulator:
@@ -32,6 +35,8 @@ class DevicePluginSimulator:
         # pod -> the newest event not yet handled, while a task works on that pod
         self._in_flight: dict[tuple[str, str], WatchEvent] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # uids acknowledged lately: an event from before our own patch must not acknowledge a pod twice
+        self._acknowledged: OrderedDict[str, None] = OrderedDict()
 
     async def run(self) -> None:
         try:
@@ -96,7 +101,8 @@ class DevicePluginSimulator:
         meta: Mapping[str, Any] = pod.get("metadata") or {}
         annotations: Mapping[str, str] = meta.get("annotations") or {}
         node = (pod.get("spec") or {}).get("nodeName")
-        if not node or annotations.get(anno.BIND_PHASE) != anno.BIND_PHASE_ALLOCATING:
+        uid = str(meta.get("uid", ""))
+        if not node or annotations.get(anno.BIND_PHASE) != anno.BIND_PHASE_ALLOCATING or uid in self._acknowledged:
             return
         namespace, name = meta.get("namespace", "default"), meta.get("name", "")
         patch: dict[str, str | None] = {anno.BIND_PHASE: anno.BIND_PHASE_SUCCESS}
@@ -109,6 +115,9 @@ class DevicePluginSimulator:
             await self.api.patch_annotations("pods", name, patch, namespace=namespace)
             await self._release(node, namespace, name)
             self.allocated += 1
+            self._acknowledged[uid] = None
+            if len(self._acknowledged) > ACKNOWLEDGED_KEPT:
+                self._acknowledged.popitem(last=False)
         except ApiError as exc:
             log.warning("device plugin simulator: %s/%s on %s: %s", namespace, name, node, exc)
 
