@@ -65,7 +65,8 @@ class VgpuNodeLabeler:
             self._wake.clear()
             if not self.is_leader():
                 await asyncio.sleep(self.retry_s)  # a follower keeps the list; it writes once it leads
-                self._wake.set()
+                if self.pending:
+                    self._wake.set()
                 continue
             batch = list(self.pending.items())[: self.concurrency]
             results = await asyncio.gather(*(self._label(ns, name, node) for (ns, name), node in batch))
