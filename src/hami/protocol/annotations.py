@@ -122,20 +122,21 @@ def _go_json(value: Any) -> str:
     return text
 
 
-def _get(obj: Mapping[str, Any], key: str) -> Any:
-    """A JSON object field as Go's decoder finds it: exact key first, then a case-insensitive match."""
+def go_json_field(obj: Mapping[str, Any], key: str) -> Any:
+    """A JSON object field as Go's encoding/json finds it: exact key first, then a case-insensitive match.
+    HAMi's annotations and kube-scheduler's extender bodies are both read this way."""
     if key in obj:
         return obj[key]
     folded = key.casefold()
     for k, v in obj.items():
-        if k.casefold() == folded:
+        if isinstance(k, str) and k.casefold() == folded:
             return v
     return None
 
 
 def _json_int(obj: Mapping[str, Any], key: str, where: str, *, lo: int = _INT32_MIN,
               hi: int = _INT32_MAX) -> int:
-    value = _get(obj, key)
+    value = go_json_field(obj, key)
     if value is None:  # absent or null: Go leaves the zero value
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
@@ -146,7 +147,7 @@ def _json_int(obj: Mapping[str, Any], key: str, where: str, *, lo: int = _INT32_
 
 
 def _json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = _get(obj, key)
+    value = go_json_field(obj, key)
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -230,10 +231,10 @@ def _decode_node_devices_json(body: str, vendor: str, annotation: str) -> tuple[
         uuid = _json_str(obj, "id", where)
         if not uuid:
             raise HamiError(f"{where}.id", "missing device id")
-        health = _get(obj, "health")
+        health = go_json_field(obj, "health")
         if health is not None and not isinstance(health, bool):
             raise HamiError(f"{where}.health", f"not a boolean: {health!r}")
-        profiles = _get(obj, "migProfiles")
+        profiles = go_json_field(obj, "migProfiles")
         if profiles is None:
             profiles = []
         if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
@@ -313,7 +314,7 @@ def decode_topology(text: str, *, annotation: str = NODE_NVIDIA_SCORE) -> tuple[
         if not isinstance(obj, dict):
             raise HamiError(where, f"expected a JSON object, got {type(obj).__name__}")
         uuid = _json_str(obj, "uuid", where)
-        peers = _get(obj, "score")
+        peers = go_json_field(obj, "score")
         if peers is None:
             continue
         if not isinstance(peers, dict):

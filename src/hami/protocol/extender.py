@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from hami.protocol.annotations import go_json_field
 from hami.resources import HamiError
 
 MAX_SCORE = 10  # extenderv1.MaxExtenderPriority
@@ -29,19 +30,8 @@ def _load(body: bytes, what: str) -> Mapping[str, Any]:
     return data
 
 
-def _field(obj: Mapping[str, Any], key: str) -> Any:
-    """A key as Go's encoding/json finds it: exact match first, then case-insensitive."""
-    if key in obj:
-        return obj[key]
-    folded = key.casefold()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.casefold() == folded:
-            return v
-    return None
-
-
 def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str:
-    value = _field(obj, key)
+    value = go_json_field(obj, key)
     if value is None:
         value = ""
     if not isinstance(value, str):
@@ -52,7 +42,7 @@ def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = False
 
 
 def _object(obj: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> Mapping[str, Any]:
-    value = _field(obj, key)
+    value = go_json_field(obj, key)
     if value is None:
         if required:
             raise HamiError(f"{where}.{key}", "is required")
@@ -89,8 +79,8 @@ class ExtenderArgs:
 def parse_extender_args(body: bytes) -> ExtenderArgs:
     data = _load(body, "ExtenderArgs")
     pod = _object(data, "Pod", "ExtenderArgs", required=True)
-    raw_names = _field(data, "NodeNames")
-    raw_nodes = _field(data, "Nodes")
+    raw_names = go_json_field(data, "NodeNames")
+    raw_nodes = go_json_field(data, "Nodes")
     if raw_names is not None:
         return ExtenderArgs(pod, _names(raw_names, "ExtenderArgs.NodeNames"), None)
     if raw_nodes is None:
@@ -191,7 +181,7 @@ def _victims(value: Any, where: str, *, meta: bool) -> Victims:
         return Victims(())
     if not isinstance(value, dict):
         raise HamiError(where, f"expected an object, got {type(value).__name__}")
-    pods = _field(value, "Pods") or []
+    pods = go_json_field(value, "Pods") or []
     if not isinstance(pods, list):
         raise HamiError(f"{where}.Pods", "expected a list")
     uids = []
@@ -204,7 +194,7 @@ def _victims(value: Any, where: str, *, meta: bool) -> Victims:
             uid = _str(_object(pod, "metadata", f"{where}.Pods[{i}]"), "uid", f"{where}.Pods[{i}].metadata",
                        required=True)
         uids.append(uid)
-    pdb = _field(value, "NumPDBViolations") or 0
+    pdb = go_json_field(value, "NumPDBViolations") or 0
     if isinstance(pdb, bool) or not isinstance(pdb, int):
         raise HamiError(f"{where}.NumPDBViolations", "expected an integer")
     return Victims(tuple(uids), pdb)
@@ -216,8 +206,8 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
     data = _load(body, "ExtenderPreemptionArgs")
     where = "ExtenderPreemptionArgs"
     pod = _object(data, "Pod", where, required=True)
-    meta = _field(data, "NodeNameToMetaVictims")
-    full = _field(data, "NodeNameToVictims")
+    meta = go_json_field(data, "NodeNameToMetaVictims")
+    full = go_json_field(data, "NodeNameToVictims")
     source, key, is_meta = (meta, "NodeNameToMetaVictims", True) if meta is not None else (
         full, "NodeNameToVictims", False)
     if source is None:
