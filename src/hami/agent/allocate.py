@@ -27,7 +27,7 @@ from hami.agent.devices import DeviceTable
 from hami.kube.api import ApiError, KubeApi, KubeObject
 from hami.kube.events import EventRecorder, PodRef
 from hami.protocol import annotations as anno
-from hami.protocol.manifests import annotations_of, get_list, get_map, get_str, iter_containers
+from hami.protocol.manifests import annotations_of, first_quantity, get_list, get_map, get_str, iter_containers
 from hami.resources import ContainerAllocation, HamiError, PodAllocation, quantity_int
 
 _log = logging.getLogger(__name__)
@@ -137,15 +137,9 @@ def _env_true(container: Mapping[str, Any], name: str, where: str) -> bool:
 
 def _priority(container: Mapping[str, Any], resource: str, where: str) -> int | None:
     resources = get_map(container, "resources", where)
-    for key in ("limits", "requests"):
-        section = get_map(resources, key, f"{where}.resources")
-        if resource in section:
-            value = section[resource]
-            field_name = f"{where}.resources.{key}[{resource}]"
-            if not isinstance(value, str | int | float):
-                raise HamiError(field_name, f"not a quantity: {value!r}")
-            return quantity_int(value, field_name)
-    return None
+    sections = [(get_map(resources, key, f"{where}.resources"), f"{where}.resources.{key}")
+                for key in ("limits", "requests")]
+    return first_quantity(sections, resource, quantity_int)
 
 
 def container_grant(devices: ContainerAllocation, container: Mapping[str, Any], pod_uid: str,

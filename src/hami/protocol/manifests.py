@@ -143,9 +143,9 @@ def pod_request(pod: Mapping[str, Any], vendors: Sequence[Vendor]) -> PodRequest
     )
 
 
-def _quantity(sections: Sequence[tuple[Mapping[str, Any], str]], name: str,
-              parse: Callable[[str | int | float, str], int]) -> int:
-    """The first section holding `name`, parsed; 0 when none does."""
+def first_quantity(sections: Sequence[tuple[Mapping[str, Any], str]], name: str,
+                   parse: Callable[[str | int | float, str], int]) -> int | None:
+    """`name` from the first of the (section, where) pairs that holds it, parsed; None when none does."""
     for section, where in sections:
         if name in section:
             value = section[name]
@@ -153,7 +153,13 @@ def _quantity(sections: Sequence[tuple[Mapping[str, Any], str]], name: str,
             if not isinstance(value, str | int | float):
                 raise HamiError(field, f"not a quantity: {value!r}")
             return parse(value, field)
-    return 0
+    return None
+
+
+def _quantity(sections: Sequence[tuple[Mapping[str, Any], str]], name: str,
+              parse: Callable[[str | int | float, str], int]) -> int:
+    """As first_quantity, 0 when no section holds it (CPU and memory nobody asked for)."""
+    return first_quantity(sections, name, parse) or 0
 
 
 def _merge_selectors(selectors: Sequence[DeviceSelector]) -> DeviceSelector:
