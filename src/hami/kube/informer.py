@@ -34,8 +34,7 @@ KINDS = ("nodes", "pods")
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
+    return manifests.map_or_empty(obj, "metadata")
 
 
 class ClusterInformer:
@@ -177,8 +176,7 @@ class ClusterInformer:
                     node = dataclasses.replace(node, cpu_milli=0, memory_mib=0)
                 self.state.upsert_node(self._live(node, obj))
         if self.on_node is not None:
-            annotations = _meta(obj).get("annotations") if event_type != "DELETED" else None
-            self.on_node(name, annotations if isinstance(annotations, Mapping) else {})
+            self.on_node(name, manifests.map_or_empty(_meta(obj), "annotations") if event_type != "DELETED" else {})
 
     def _live(self, node: Node, obj: KubeObject) -> Node:
         """The node with the devices of stale registrations marked unhealthy (protocol/liveness)."""
@@ -199,8 +197,7 @@ class ClusterInformer:
         """Whether what a Node becomes in the state (annotations but the lock, allocatable) is as last seen."""
         annotations = dict(_meta(obj).get("annotations") or {})
         annotations.pop(anno.NODE_LOCK, None)
-        status = obj.get("status")
-        inputs = (annotations, status.get("allocatable") if isinstance(status, Mapping) else None)
+        inputs = (annotations, manifests.map_or_empty(manifests.map_or_empty(obj, "status"), "allocatable"))
         if self._node_inputs.get(name) == inputs:
             return True
         self._node_inputs[name] = inputs
@@ -245,8 +242,7 @@ class ClusterInformer:
             return
         reservation = self.reservations.get(uid)
         if reservation is not None:
-            spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
-            if manifests.pod_is_terminal(obj) or (isinstance(spec, Mapping) and spec.get("nodeName")):
+            if manifests.pod_is_terminal(obj) or manifests.map_or_empty(obj, "spec").get("nodeName"):
                 # Finished, or bound by someone else without our allocation: the devices are not used.
                 self.reservations.release(uid)
             return  # still pending between filter and bind: keep the reservation
@@ -264,8 +260,6 @@ def _check_cancelled() -> None:
 def _failed_unbound(pod: Mapping[str, Any]) -> bool:
     """HAMi's own scheduler writes the allocation before binding and marks `bind-phase: failed` when the
     bind fails; such a pod holds nothing until it is scheduled again."""
-    annotations = _meta(pod).get("annotations")
-    if not isinstance(annotations, Mapping) or annotations.get(anno.BIND_PHASE) != anno.BIND_PHASE_FAILED:
+    if manifests.map_or_empty(_meta(pod), "annotations").get(anno.BIND_PHASE) != anno.BIND_PHASE_FAILED:
         return False
-    spec = pod.get("spec")
-    return not (isinstance(spec, Mapping) and spec.get("nodeName"))
+    return not manifests.map_or_empty(pod, "spec").get("nodeName")

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from hami.kube.api import ApiError, KubeApi, KubeObject
 from hami.protocol import annotations as anno
 from hami.protocol import manifests
+from hami.protocol.manifests import map_or_empty
 
 log = logging.getLogger(__name__)
 
 RETRY = frozenset({409, 429, 500, 502, 503, 504})  # the API server is busy or down: try again later
-
-
-def _map(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = obj.get(key)
-    return value if isinstance(value, Mapping) else {}
 
 
 class VgpuNodeLabeler:
@@ -45,11 +40,11 @@ class VgpuNodeLabeler:
         self.labelled = 0
 
     def observe(self, event_type: str, pod: KubeObject) -> None:
-        meta = _map(pod, "metadata")
+        meta = map_or_empty(pod, "metadata")
         key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-        node = _map(pod, "spec").get("nodeName")
-        wanted = _map(meta, "annotations").get(anno.VGPU_NODE)
-        labelled = _map(meta, "labels").get(anno.VGPU_NODE) == node
+        node = map_or_empty(pod, "spec").get("nodeName")
+        wanted = map_or_empty(meta, "annotations").get(anno.VGPU_NODE)
+        labelled = map_or_empty(meta, "labels").get(anno.VGPU_NODE) == node
         if labelled or event_type == "DELETED":
             self._written.pop(key, None)
         if (event_type == "DELETED" or not key[1] or not node or wanted != node

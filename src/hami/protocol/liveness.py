@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hami.protocol import annotations as anno
+from hami.protocol.manifests import map_or_empty
 from hami.resources import HamiError
 from hami.vendors.base import Vendor
 
@@ -41,9 +42,7 @@ def registration_deadline(annotations: Mapping[str, str], handshake_key: str, ex
 
 def allocatable_count(node: Mapping[str, Any], resource: str) -> int:
     """kubelet's allocatable count of a device resource; 0 when absent or unreadable."""
-    status = node.get("status")
-    allocatable = status.get("allocatable") if isinstance(status, Mapping) else None
-    value = allocatable.get(resource) if isinstance(allocatable, Mapping) else None
+    value = map_or_empty(map_or_empty(node, "status"), "allocatable").get(resource)
     try:
         return int(str(value)) if value is not None else 0
     except ValueError:
@@ -54,10 +53,7 @@ def stale_vendors(node: Mapping[str, Any], vendors: Sequence[Vendor], now: float
                   expiry_s: float) -> tuple[frozenset[str], float]:
     """(vendors whose devices on this node are not live at `now`, the next time that can change without the
     node changing: the earliest future deadline of a vendor kubelet reports no devices for)."""
-    meta = node.get("metadata")
-    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
-    if not isinstance(annotations, Mapping):
-        return frozenset(), NEVER
+    annotations = map_or_empty(map_or_empty(node, "metadata"), "annotations")
     stale: set[str] = set()
     wake = NEVER
     for vendor in vendors:

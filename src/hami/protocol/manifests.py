@@ -43,6 +43,13 @@ def get_map(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return value
 
 
+def map_or_empty(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """obj[key] when it is a mapping, else {}: for watch handlers, which skip what they cannot read
+    rather than raise (get_map is for parsing, where a wrong type is the caller's error to report)."""
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def get_list(obj: Mapping[str, Any], key: str, where: str) -> Sequence[Any]:
     value = obj.get(key)
     if value is None:
