@@ -247,10 +247,10 @@ class HttpKubeApi:
         path = _path(kind, namespace)
         items: list[KubeObject] = []
         token, version = "", ""
+        paged = {**params, "limit": str(self.page_size)} if self.page_size > 0 else params
         while True:
-            page = {**params, "limit": str(self.page_size), **({"continue": token} if token else {})}
             try:
-                data = await self._request("GET", path, params=page if self.page_size > 0 else params)
+                data = await self._request("GET", path, params={**paged, "continue": token} if token else paged)
             except ApiError as exc:
                 if exc.status != 410 or not token:
                     raise
@@ -259,7 +259,7 @@ class HttpKubeApi:
             items.extend(data.get("items") or [])
             version = version or _list_version(data)
             token = str((data.get("metadata") or {}).get("continue") or "")
-            if not token or self.page_size <= 0:
+            if not token:  # the last page (an unpaged list never carries a continue token)
                 return ObjectList(items, version)
 
     async def watch(self, kind: str, *, resource_version: str, namespace: str | None = None,
