@@ -39,6 +39,7 @@ class PodRecord:
     init: tuple[bool, ...]  # per allocation entry: an init container (peak) or not (summed)
     cpu_milli: int
     memory_mib: int
+    mutex: bool = False  # the pod asked `mutex`: no other pod may share its devices, before or after
 
     def device_uses(self) -> dict[str, DeviceUse]:
         """Per-device usage of this pod (uuid -> use), with init containers at their peak."""
