@@ -32,14 +32,25 @@ _SUFFIX = {
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
+# Bounds no real resource comes near: a quantity is at most 2^63-1 of its base unit (Kubernetes' own int64
+# range), written in at most 64 characters, with a decimal exponent within +-30. Checked before any
+# arithmetic, so "1e999999" is refused at once instead of being expanded into a million-digit integer.
+MAX_QUANTITY = Decimal(2**63 - 1)
+MAX_QUANTITY_CHARS = 64
+MAX_EXPONENT = 30
+
 
 def parse_quantity(value: str | int | float, field_name: str = "quantity") -> Decimal:
-    """Parse a Kubernetes resource quantity ("500m", "2Gi", "1e3", 4) into an exact Decimal."""
-    if isinstance(value, bool):
-        raise HamiError(field_name, f"not a quantity: {value!r}")
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    text = str(value).strip()
+    """Parse a Kubernetes resource quantity ("500m", "2Gi", "1e3", 4) into an exact Decimal, in bounded
+    time and range: anything beyond MAX_QUANTITY (either sign) or written with an absurd exponent is a
+    HamiError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise HamiError(field_name, f"not a quantity: {value!r:.80}")
+    if isinstance(value, int) and abs(value) > MAX_QUANTITY:
+        raise HamiError(field_name, "quantity out of range (more than 2^63-1)")
+    text = (repr(value) if isinstance(value, float) else str(value)).strip()
+    if len(text) > MAX_QUANTITY_CHARS:
+        raise HamiError(field_name, f"quantity longer than {MAX_QUANTITY_CHARS} characters")
     match = _QUANTITY.match(text)
     if not match:
         raise HamiError(field_name, f"not a quantity: {value!r}")
@@ -47,23 +58,41 @@ def parse_quantity(value: str | int | float, field_name: str = "quantity") -> De
         number = Decimal(match.group(1))
     except InvalidOperation as exc:
         raise HamiError(field_name, f"not a quantity: {value!r}") from exc
-    return number * _SUFFIX[match.group(2) or ""]
+    if not number.is_finite() or (number and abs(number.adjusted()) > MAX_EXPONENT):
+        raise HamiError(field_name, f"quantity out of range: {value!r}")
+    q = number * _SUFFIX[match.group(2) or ""]
+    if abs(q) > MAX_QUANTITY:
+        raise HamiError(field_name, f"quantity out of range (more than 2^63-1): {value!r}")
+    return q
+
+
+# What a parsed amount may be once in its unit (millicores, MiB, a device count, MiB of device memory):
+# 2^53, far above any machine, so that sums over thousands of pods stay exact in int64 state arrays (and
+# in floats) and a pod asking "cpu: 1e16" is refused at admission instead of poisoning the arithmetic.
+MAX_AMOUNT = 2**53
+
+
+def _amount(q: Decimal, field_name: str, value: str | int | float, *, signed: bool = False) -> int:
+    if q < 0 and not signed:
+        raise HamiError(field_name, f"must not be negative, got {value!r}")
+    amount = int(q.to_integral_value(rounding="ROUND_CEILING"))
+    if abs(amount) > MAX_AMOUNT:
+        raise HamiError(field_name, f"quantity out of range (more than 2^53 in its unit): {value!r}")
+    return amount
 
 
 def quantity_int(value: str | int | float, field_name: str = "quantity") -> int:
-    """A quantity rounded up to an integer, as Kubernetes does for extended resources."""
-    q = parse_quantity(value, field_name)
-    return int(q.to_integral_value(rounding="ROUND_CEILING"))
+    """A quantity rounded up to an integer, as Kubernetes does for extended resources; negative values are
+    returned (the vendor names the rule they break), magnitudes beyond MAX_AMOUNT are refused."""
+    return _amount(parse_quantity(value, field_name), field_name, value, signed=True)
 
 
 def cpu_milli(value: str | int | float, field_name: str = "cpu") -> int:
-    q = parse_quantity(value, field_name) * 1000
-    return int(q.to_integral_value(rounding="ROUND_CEILING"))
+    return _amount(parse_quantity(value, field_name) * 1000, field_name, value)
 
 
 def memory_mib(value: str | int | float, field_name: str = "memory") -> int:
-    q = parse_quantity(value, field_name) / (1 << 20)
-    return int(q.to_integral_value(rounding="ROUND_CEILING"))
+    return _amount(parse_quantity(value, field_name) / (1 << 20), field_name, value)
 
 
 @dataclass(frozen=True, slots=True)
