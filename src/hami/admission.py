@@ -4,18 +4,24 @@ The webhook turns the returned JSON Patch into an AdmissionReview reply and a ra
 denial; nothing here knows HTTP. Mirrors HAMi's pkg/scheduler/webhook.go: pods that already belong to
 another scheduler are left alone, a privileged container anywhere in a device pod is refused (it would see
 every device on the node, defeating the sharing), and so is a preset spec.nodeName (it would bypass us).
+
+Beyond HAMi: a device pod is parsed exactly as the extender's filter parses it, so whatever filter would
+refuse (an unreadable quantity, an absurd CPU request, a bad selector annotation) is denied here with the
+field named, instead of reaching the scheduler. And no pod may carry env that turns the limiter off or
+exposes GPUs behind the scheduler's back (LIMITER_BYPASS_ENV); that check ignores the tenant-controlled
+`hami.io/webhook: ignore` label, which only opts a pod out of being mutated.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hami.protocol import annotations as anno
-from hami.protocol.manifests import get_map, get_str, iter_containers
-from hami.resources import HamiError
+from hami.protocol.manifests import get_list, get_map, get_str, iter_containers, pod_request
+from hami.resources import HamiError, PodRequest
 from hami.vendors.base import Vendor
 
 DEFAULT_SCHEDULER = "default-scheduler"
@@ -29,6 +35,34 @@ FORGEABLE_ANNOTATIONS = frozenset({
 _VENDOR_ALLOCATION = re.compile(r"hami\.io/[^/]+-devices-(?:allocated|to-allocate)")
 
 
+# Env a tenant could use to run a GPU without HAMi-core's limits: CUDA_DISABLE_CONTROL turns the limiter off
+# inside the container, NVIDIA_VISIBLE_DEVICES makes the NVIDIA container runtime expose GPUs (e.g. `all`)
+# to a pod the scheduler never gave any. Values that expose nothing are allowed for the latter.
+LIMITER_BYPASS_ENV = ("CUDA_DISABLE_CONTROL", "NVIDIA_VISIBLE_DEVICES")
+_HARMLESS_VISIBLE_DEVICES = frozenset({"", "void", "none"})
+
+
+def check_env(pod: Mapping[str, Any]) -> None:
+    """Refuse env that bypasses the limiter (LIMITER_BYPASS_ENV) in any container, ephemeral ones too."""
+    spec = get_map(pod, "spec", "pod")
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for index, ctr in enumerate(get_list(spec, key, "spec")):
+            if not isinstance(ctr, Mapping):
+                continue  # iter_containers reports the shape error
+            for j, item in enumerate(get_list(ctr, "env", f"spec.{key}[{index}]")):
+                if not isinstance(item, Mapping) or item.get("name") not in LIMITER_BYPASS_ENV:
+                    continue
+                name = item["name"]
+                value = item.get("value")
+                harmless = (name == "NVIDIA_VISIBLE_DEVICES" and "valueFrom" not in item
+                            and (value is None or (isinstance(value, str) and value.strip().lower()
+                                                   in _HARMLESS_VISIBLE_DEVICES)))
+                if not harmless:
+                    raise HamiError(f"spec.{key}[{index}].env[{j}]",
+                                    f"{name} is not allowed: it would bypass the GPU limiter "
+                                    "(devices are assigned by the scheduler and the node agent)")
+
+
 def escape_pointer(token: str) -> str:
     """One JSON Pointer reference token (RFC 6901): `~` → `~0`, `/` → `~1`."""
     return token.replace("~", "~0").replace("/", "~1")
@@ -39,18 +73,21 @@ def _forgeable(name: str, vendors: Sequence[Vendor]) -> bool:
             or any(name in (v.annotations.allocated, v.annotations.to_allocate) for v in vendors))
 
 
-def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor],
-          scheduler_name: str = "hami-scheduler") -> list[dict[str, Any]]:
+def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str = "hami-scheduler",
+          check: Callable[[PodRequest], None] | None = None) -> list[dict[str, Any]]:
     """RFC 6902 operations that make a device pod ours and its request explicit; [] when none apply.
 
     For a pod requesting any vendor's resource: set spec.schedulerName, add each vendor's default limits,
     and remove allocation annotations the user supplied. [] for pods without managed resources, pods
     labelled `hami.io/webhook: ignore`, and pods already assigned to a scheduler other than the default
-    one. Raises HamiError for invalid requests, a privileged container in a device pod, a preset nodeName.
+    one. Raises HamiError for invalid requests (anything the extender's filter would refuse), a privileged
+    container in a device pod, a preset nodeName, and limiter-bypassing env in any pod.
+    `check` sees the parsed request of a device pod and raises HamiError for what the caller refuses besides.
     Idempotent: admitting the patched pod gives [].
     """
     if not isinstance(pod, Mapping):
         raise HamiError("pod", f"expected an object, got {type(pod).__name__}")
+    check_env(pod)
     meta = get_map(pod, "metadata", "pod")
     if get_map(meta, "labels", "metadata").get(anno.WEBHOOK_LABEL) == anno.WEBHOOK_IGNORE:
         return []
@@ -84,6 +121,9 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor],
     if get_str(spec, "nodeName", "spec"):
         raise HamiError("spec.nodeName", "a pod requesting devices must not preset its node; "
                                          "the scheduler has to allocate its devices")
+    request = pod_request(pod, vendors)  # what the extender's filter would refuse is refused here
+    if check is not None:
+        check(request)  # e.g. policy names the scheduler does not know
 
     ops: list[dict[str, Any]] = [
         {"op": "remove", "path": f"/metadata/annotations/{escape_pointer(name)}"}

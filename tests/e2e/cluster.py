@@ -35,6 +35,7 @@ class Cluster:
         p = self.cp.pki
         proc = self.cp.hami(name, "serve", "--kubeconfig", str(self.cp.kubeconfig),
                             "--listen", f"127.0.0.1:{port or self.hami_port}",
+                            "--extender-listen", f"127.0.0.1:{port or self.hami_port}",
                             "--tls-cert", str(p.hami_cert), "--tls-key", str(p.hami_key),
                             "--simulate-device-plugin", "--namespace", "default", "--log-level", "info",
                             *extra)

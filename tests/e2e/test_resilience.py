@@ -134,7 +134,8 @@ def test_two_replicas_only_the_leader_decides(cluster: Cluster, kube: Kube) -> N
                        annotations={anno.NVIDIA_USE_GPUTYPE: "E2ENOPE"})  # never fits: stays pending
     port_b = free_port()
     b = cluster.cp.hami("hami-b", "serve", "--kubeconfig", str(cluster.cp.kubeconfig),
-                        "--listen", f"127.0.0.1:{port_b}", "--tls-cert", str(cluster.cp.pki.hami_cert),
+                        "--listen", f"127.0.0.1:{port_b}", "--extender-listen", f"127.0.0.1:{port_b}",
+                        "--tls-cert", str(cluster.cp.pki.hami_cert),
                         "--tls-key", str(cluster.cp.pki.hami_key), "--simulate-device-plugin",
                         "--namespace", "default")
     try:

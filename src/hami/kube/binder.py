@@ -44,7 +44,8 @@ class BindOutcome:
 class Binder:
     def __init__(self, api: KubeApi, scheduler: Scheduler, reservations: Reservations,
                  vendors: Sequence[Vendor], locks: NodeLocks | None, events: EventRecorder | None = None,
-                 *, max_wait_s: float = 20.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 *, max_wait_s: float = 20.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 scheduler_name: str = "hami-scheduler") -> None:
         self.api = api
         self.scheduler = scheduler
         self.reservations = reservations
@@ -53,6 +54,7 @@ class Binder:
         self.events = events
         self.max_wait_s = max_wait_s
         self.clock = clock
+        self.scheduler_name = scheduler_name
 
     async def bind(self, args: BindingArgs) -> BindOutcome:
         pod_ref = PodRef(args.namespace, args.pod_name, args.uid)
@@ -98,6 +100,12 @@ class Binder:
         request = manifests.pod_request(pod, self.vendors)
         if args.uid and request.uid and request.uid != args.uid:
             raise ApiError(404, f"pod {args.key} has uid {request.uid}, not {args.uid}", "NotFound")
+        # The service may bind any pod of the cluster; it binds only the device pods that are its own.
+        if not request.wants_devices:
+            raise HamiError("pod", "requests no device Hami manages; kube-scheduler binds such pods itself")
+        scheduler = manifests.get_str(manifests.get_map(pod, "spec", "pod"), "schedulerName", "spec")
+        if scheduler != self.scheduler_name:
+            raise HamiError("spec.schedulerName", f"is {scheduler or 'unset'!r}, not {self.scheduler_name!r}")
         # Schedule and reserve with no await in between: atomic with respect to concurrent filters.
         self.reservations.release(request.uid)
         decision = self.scheduler.schedule(request, self.reservations.state, [args.node])

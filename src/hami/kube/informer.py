@@ -65,9 +65,15 @@ class ClusterInformer:
         self._kind_synced = {kind: False for kind in KINDS}
         self._node_inputs: dict[str, tuple[dict[str, Any], Any]] = {}
         self.relists = {kind: 0 for kind in KINDS}
+        self.object_failures = 0  # events that raised while being applied (skipped, logged)
         self.resource_version = {kind: "" for kind in KINDS}
 
     async def run(self) -> None:
+        """List and watch both kinds until cancelled. A (re)start always begins with full lists, and
+        `synced` is clear until both are done: a supervisor restarting a failed informer gets a truthful
+        readiness and a cache rebuilt from the API server."""
+        self.synced.clear()
+        self._kind_synced = {kind: False for kind in KINDS}
         async with asyncio.TaskGroup() as group:
             for kind in KINDS:
                 group.create_task(self._run(kind), name=f"informer-{kind}")
@@ -133,10 +139,18 @@ class ClusterInformer:
             self.resource_version[kind] = rv
         if event.type == "BOOKMARK":
             return
-        if kind == "nodes":
-            self.apply_node(event.type, event.object)
-        else:
-            self.apply_pod(event.type, event.object)
+        try:
+            if kind == "nodes":
+                self.apply_node(event.type, event.object)
+            else:
+                self.apply_pod(event.type, event.object)
+        except Exception:
+            # One object we fail on must not end the watch for every other object; the bug is logged with
+            # the object's name (a later event or re-list of it is tried afresh).
+            meta = _meta(event.object)
+            self.object_failures += 1
+            log.exception("%s %s/%s: cannot apply %s event; skipped", kind, meta.get("namespace", ""),
+                          meta.get("name", ""), event.type)
 
     # -- nodes --------------------------------------------------------------------------------------
     def _replace_nodes(self, items: Sequence[KubeObject]) -> None:

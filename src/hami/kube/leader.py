@@ -58,6 +58,10 @@ class LeaderElector:
             if self.on_change is not None:
                 self.on_change(leader)
 
+    def step_down(self) -> None:
+        """Stop deciding now (the renewing task died): the Lease lapses and another replica takes over."""
+        self._set(False)
+
     async def run(self) -> None:
         while True:
             try:

@@ -41,11 +41,11 @@ def parse_review(body: bytes) -> AdmissionRequest:
     if not isinstance(data, dict):
         raise HamiError("AdmissionReview", f"expected a JSON object, got {type(data).__name__}")
     api_version = data.get("apiVersion") or API_VERSION
-    if api_version not in _VERSIONS:
-        raise HamiError("AdmissionReview.apiVersion", f"unsupported {api_version!r}")
+    if not isinstance(api_version, str) or api_version not in _VERSIONS:
+        raise HamiError("AdmissionReview.apiVersion", f"unsupported {api_version!r:.100}")
     kind = data.get("kind") or KIND
     if kind != KIND:
-        raise HamiError("AdmissionReview.kind", f"expected {KIND}, got {kind!r}")
+        raise HamiError("AdmissionReview.kind", f"expected {KIND}, got {kind!r:.100}")
     request = data.get("request")
     if not isinstance(request, dict):
         raise HamiError("AdmissionReview.request", "is required")

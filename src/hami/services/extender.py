@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from hami.vendors.base import Vendor
 log = logging.getLogger(__name__)
 
 NOT_LEADER = "this hami-scheduler replica is not the leader; retry"
+NOT_SYNCED = "hami-scheduler has not listed the cluster yet; retry"
 NO_DEVICES = "NodeInsufficientDevice: no device registered on this node"
 REASON_FILTER_FAILED = "FilteringFailed"
 
@@ -52,11 +53,18 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
+def internal_error(where: str) -> Response:
+    """A 500 for a bug, answered (not raised) so the keep-alive connection survives; the trace is logged."""
+    log.exception("%s: internal error", where)
+    return json_response({"error": f"internal error in {where}; see the scheduler log"}, 500)
+
+
 class Extender:
     def __init__(self, state: ClusterState, scheduler: Scheduler, reservations: Reservations, binder: Binder,
                  vendors: Sequence[Vendor], *, events: EventRecorder | None = None,
                  metrics: ServiceMetrics | None = None, is_leader: Callable[[], bool] = lambda: True,
-                 locks: NodeLocks | None = None, queue_depth: int = 4) -> None:
+                 locks: NodeLocks | None = None, queue_depth: int = 4,
+                 seen: Container[str] | None = None, synced: Callable[[], bool] = lambda: True) -> None:
         self.state = state
         self.scheduler = scheduler
         self.reservations = reservations
@@ -67,6 +75,8 @@ class Extender:
         self.is_leader = is_leader
         self.locks = locks
         self.queue_depth = queue_depth
+        self.seen = seen  # pending pods the cluster cache knows; None: trust every filter (tests, static)
+        self.synced = synced  # whether the cluster cache holds a full list: before that, no decisions
         self._cover: tuple[tuple[str, ...], int, bool] | None = None  # (names, layout version, covers all)
 
     def _candidates(self, names: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -92,21 +102,29 @@ class Extender:
         return request
 
     # -- filter -------------------------------------------------------------------------------------
+    def _invalid(self, args: wire.ExtenderArgs, exc: HamiError) -> dict[str, Any]:
+        """The webhook should have refused this pod; say why on every node, and on the pod."""
+        message = f"invalid device request: {exc}"
+        self._event_for(args.pod, REASON_FILTER_FAILED, message)
+        self._count("filter_total", "error")
+        return wire.filter_result(args, (), {}, dict.fromkeys(args.node_names, message))
+
     def filter(self, args: wire.ExtenderArgs) -> dict[str, Any]:
-        if not self.is_leader():
+        if not self.is_leader() or not self.synced():
             self._count("filter_total", "error")
-            return wire.filter_error(NOT_LEADER)
+            return wire.filter_error(NOT_LEADER if not self.is_leader() else NOT_SYNCED)
         try:
             request = self._request(args.pod)
         except HamiError as exc:
-            # The webhook should have refused this pod; say why on every node, and on the pod.
-            message = f"invalid device request: {exc}"
-            self._event_for(args.pod, REASON_FILTER_FAILED, message)
-            self._count("filter_total", "error")
-            return wire.filter_result(args, (), {}, dict.fromkeys(args.node_names, message))
+            return self._invalid(args, exc)
         if not request.wants_devices:
             self._count("filter_total", "passthrough")
             return wire.filter_result(args, args.node_names, {}, {})
+        provisional = self.seen is not None and request.uid not in self.seen
+        if provisional and request.uid not in self.reservations and self.reservations.provisional_full():
+            self._count("filter_total", "error")
+            return wire.filter_error(f"pod {request.key} ({request.uid}) is not in the cluster cache yet and "
+                                     f"{self.reservations.max_provisional} such pods hold reservations; retry")
 
         # Decide and reserve in one step: no await between them (one event loop), so no other filter
         # can see the devices as free in between.
@@ -114,14 +132,17 @@ class Extender:
         candidates = self._candidates(args.node_names)
         busy = self._busy() if self.locks is not None and self.queue_depth > 0 else set()
         decision = None
-        if busy:
-            # Prefer nodes without a full line for their lock; the best of them is the best overall
-            # whenever that one is not busy, so one decision suffices in the common case.
-            decision = self.scheduler.schedule(request, self.state, candidates, exclude=busy)
-        if decision is None or decision.node is None:
-            decision = self.scheduler.schedule(request, self.state, candidates)
+        try:
+            if busy:
+                # Prefer nodes without a full line for their lock; the best of them is the best overall
+                # whenever that one is not busy, so one decision suffices in the common case.
+                decision = self.scheduler.schedule(request, self.state, candidates, exclude=busy)
+            if decision is None or decision.node is None:
+                decision = self.scheduler.schedule(request, self.state, candidates)
+        except HamiError as exc:  # e.g. a policy name the webhook did not see (the pod predates it)
+            return self._invalid(args, exc)
         if decision.node is not None:
-            self.reservations.reserve(decision)
+            self.reservations.reserve(decision, provisional=provisional)
             self._count("filter_total", "placed")
             return wire.filter_result(args, (decision.node,), {}, {})
 
@@ -182,9 +203,18 @@ class Extender:
         idx = np.array([i for n in args.node_names if (i := self.state.node_index.get(n)) is not None
                         and self.state.node_valid[i]], np.int64)
         if len(idx):
-            raw = self.scheduler.score_nodes(request, self.state, idx)
-            lo, hi = float(np.min(raw)), float(np.max(raw))
-            for i, value in zip(idx.tolist(), raw.tolist(), strict=True):
+            try:
+                raw = np.asarray(self.scheduler.score_nodes(request, self.state, idx), np.float64)
+            except HamiError:
+                raw = np.zeros(len(idx))
+            # A node the pod cannot use may score -inf (or a policy may misbehave): such nodes get 0, the
+            # rest are scaled over the finite range.
+            finite = np.isfinite(raw)
+            lo = float(np.min(raw[finite])) if finite.any() else 0.0
+            hi = float(np.max(raw[finite])) if finite.any() else 0.0
+            for i, value, ok in zip(idx.tolist(), raw.tolist(), finite.tolist(), strict=True):
+                if not ok:
+                    continue
                 scores[self.state.node_names[i]] = round(9 * (value - lo) / (hi - lo)) if hi > lo else 9
         reservation = self.reservations.get(request.uid)
         if reservation is not None and reservation.decision.node in scores:
@@ -193,9 +223,9 @@ class Extender:
 
     # -- bind ---------------------------------------------------------------------------------------
     async def bind(self, args: wire.BindingArgs) -> dict[str, Any]:
-        if not self.is_leader():
+        if not self.is_leader() or not self.synced():
             self._count("bind_total", "failed")
-            return wire.binding_result(NOT_LEADER)
+            return wire.binding_result(NOT_LEADER if not self.is_leader() else NOT_SYNCED)
         outcome = await self.binder.bind(args)
         if self.metrics is not None and outcome.ok:
             self.metrics.lock_wait_seconds.observe(outcome.lock_wait_s)
@@ -269,6 +299,8 @@ def routes(extender: Extender, metrics: ServiceMetrics | None = None) -> list[Ro
                 response = json_response(result)
             except HamiError as exc:
                 response = json_response({"error": str(exc)}, 400)
+            except Exception:
+                response = internal_error(request.url.path)
             if metrics is not None and histogram is not None:
                 getattr(metrics, histogram).observe(time.perf_counter() - started)
             return response

@@ -143,6 +143,8 @@ class ServiceMetrics:
                                   registry=r)
         self.webhook_total = Counter("hami_webhook_admission", "Admission reviews by result "
                                      "(mutated, unchanged, denied)", ["result"], registry=r)
+        self.background_failures = Counter("hami_background_task_failures", "Background tasks that failed "
+                                           "and were restarted", ["task"], registry=r)
         self.reservations_expired = Counter("hami_reservations_expired", "Filter reservations never bound",
                                             registry=r)
         self.reservations = Gauge("hami_reservations", "Filter reservations not yet confirmed", registry=r)

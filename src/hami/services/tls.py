@@ -15,16 +15,34 @@ import ssl
 log = logging.getLogger(__name__)
 
 
+def _server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class ReloadingTLS:
-    def __init__(self, cert_file: str, key_file: str) -> None:
+    """`context` serves anyone (the webhook: the API server verifies us); `client_auth_context`, made when a
+    client CA is given, also requires a client certificate signed by it (the extender: mutual TLS with the
+    certificate of kube-scheduler's extender tlsConfig). Both get the reloaded certificate."""
+
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str | None = None) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.set_alpn_protocols(["http/1.1"])
+        self.context = _server_context()
+        self.client_auth_context: ssl.SSLContext | None = None
+        if client_ca_file is not None:
+            self.client_auth_context = _server_context()
+            self.client_auth_context.verify_mode = ssl.CERT_REQUIRED
+            self.client_auth_context.load_verify_locations(cafile=client_ca_file)
         self._stamp = self._files_stamp()
-        self.context.load_cert_chain(cert_file, key_file)  # fail fast at start on a bad pair
+        for context in self._contexts():
+            context.load_cert_chain(cert_file, key_file)  # fail fast at start on a bad pair
         self.reloads = 0
+
+    def _contexts(self) -> list[ssl.SSLContext]:
+        return [c for c in (self.context, self.client_auth_context) if c is not None]
 
     def _files_stamp(self) -> tuple[float, int, float, int]:
         c, k = os.stat(self.cert_file), os.stat(self.key_file)
@@ -42,7 +60,8 @@ class ReloadingTLS:
             # Check the pair on a scratch context first: a failed load into the live one could leave it
             # with the new certificate and the old key.
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
-            self.context.load_cert_chain(self.cert_file, self.key_file)
+            for context in self._contexts():
+                context.load_cert_chain(self.cert_file, self.key_file)
         except (ssl.SSLError, OSError) as exc:
             log.warning("new TLS certificate not loadable yet, keeping the current one: %s", exc)
             return False

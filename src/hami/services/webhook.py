@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,16 +20,29 @@ from starlette.routing import Route
 
 from hami.admission import admit
 from hami.protocol import admission_review as review
-from hami.resources import HamiError
-from hami.services.extender import json_response
+from hami.resources import HamiError, PodRequest
+from hami.scheduler.framework import Scheduler
+from hami.services.extender import internal_error, json_response
 from hami.services.metrics import ServiceMetrics
 from hami.vendors.base import Vendor
 
 log = logging.getLogger(__name__)
 
 
-def routes(vendors: Sequence[Vendor], scheduler_name: str, metrics: ServiceMetrics | None = None) -> list[Route]:
+def known_policies(scheduler: Scheduler) -> Callable[[PodRequest], None]:
+    """A check that the pod names only policies the scheduler has (filter would refuse the others)."""
+    def check(request: PodRequest) -> None:
+        if request.node_policy:
+            scheduler.node_scorer(request.node_policy)
+        for name in request.device_policy:
+            scheduler.device_policy(name)
+    return check
+
+
+def routes(vendors: Sequence[Vendor], scheduler_name: str, metrics: ServiceMetrics | None = None,
+           scheduler: Scheduler | None = None) -> list[Route]:
     vendors = tuple(vendors)
+    check = known_policies(scheduler) if scheduler is not None else None
 
     def count(result: str) -> None:
         if metrics is not None:
@@ -41,16 +54,24 @@ def routes(vendors: Sequence[Vendor], scheduler_name: str, metrics: ServiceMetri
             req = review.parse_review(await request.body())
         except HamiError as exc:
             return json_response({"error": str(exc)}, 400)
+        except Exception:
+            return internal_error("webhook")
         pod = req.object
         if req.operation not in ("CREATE", "") or pod is None or req.resource_kind not in ("Pod", ""):
             reply = review.allow(req)
             count("unchanged")
         else:
             try:
-                ops = admit(pod, vendors, scheduler_name)
+                ops = admit(pod, vendors, scheduler_name, check)
             except HamiError as exc:
                 reply = review.deny(req, f"hami: {exc}")
                 count("denied")
+            except Exception:
+                # A bug must not let a pod through unchecked: deny, say so, log the trace.
+                log.exception("webhook: admitting %s failed", req.uid)
+                reply = review.deny(req, "hami: internal error while checking this pod; see the scheduler log",
+                                    500)
+                count("error")
             else:
                 reply = review.allow(req, ops)
                 count("mutated" if ops else "unchanged")
