@@ -150,3 +150,59 @@ def test_hami_serve_on_a_cluster_file(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully (lifespan, lease release), then re-raises the signal.
         assert proc.wait(15) in (0, -signal.SIGTERM)
+
+
+def test_extender_verbs_only_on_their_mutual_tls_listener(tmp_path: Path) -> None:
+    """The real command line with TLS: the webhook listener does not serve /filter, and the extender
+    listener refuses a client without a certificate from --extender-client-ca."""
+    from tests.e2e.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    cluster = {"apiVersion": "v1", "kind": "List", "items": [node_manifest("n1", ("GPU-a", 16000))]}
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(cluster))
+    main_port, ext_port = free_port(), free_port()
+    code = "import sys; from hami.services.cli import app; sys.argv[0] = 'serve'; app()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--cluster-file", str(path), "--listen",
+                             f"127.0.0.1:{main_port}", "--extender-listen", f"0.0.0.0:{ext_port}",
+                             "--extender-client-ca", str(pki.ca), "--tls-cert", str(pki.hami_cert),
+                             "--tls-key", str(pki.hami_key), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    server_only = ssl.create_default_context(cafile=str(pki.ca))
+    with_cert = ssl.create_default_context(cafile=str(pki.ca))
+    with_cert.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    pod = pod_manifest("p", gpumem=2000)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"https://127.0.0.1:{main_port}/readyz", verify=server_only).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        main = httpx.post(f"https://127.0.0.1:{main_port}/filter", json=filter_body(pod, ["n1"]), verify=server_only)
+        assert main.status_code == 404
+        try:
+            anonymous = httpx.post(f"https://127.0.0.1:{ext_port}/filter", json=filter_body(pod, ["n1"]),
+                                   verify=server_only)
+            refused = anonymous.status_code >= 400
+        except (httpx.TransportError, ssl.SSLError):
+            refused = True  # TLS 1.3 reports the missing certificate on the first read
+        assert refused
+        reply = httpx.post(f"https://127.0.0.1:{ext_port}/filter", json=filter_body(pod, ["n1"]), verify=with_cert)
+        assert reply.json()["NodeNames"] == ["n1"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+
+
+def test_an_open_extender_listener_is_refused_at_start(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    result = subprocess.run([sys.executable, "-c", "import sys; from hami.services.cli import app; "
+                             "sys.argv[0] = 'serve'; app()", "--cluster-file", str(tmp_path / "none.yaml"),
+                             "--tls-cert", str(cert), "--tls-key", str(key), "--extender-listen", "0.0.0.0:1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--extender-client-ca" in result.stderr

@@ -304,3 +304,16 @@ def test_listener_plan() -> None:
         plan_listeners(":8080", None, tls=False, extender_client_ca=False)  # plain, reachable, one server
     with pytest.raises(HamiError, match="--extender-client-ca"):
         plan_listeners(None, None, tls=False, extender_client_ca=True)
+
+
+def test_a_pod_with_too_many_device_containers_is_refused() -> None:
+    from hami.protocol.manifests import MAX_DEVICE_CONTAINERS, pod_request
+    from hami.vendors.registry import default_vendors
+
+    pod = pod_manifest("p", gpumem=10)
+    pod["spec"]["containers"] = [dict(pod["spec"]["containers"][0], name=f"c{i}")
+                                 for i in range(MAX_DEVICE_CONTAINERS + 1)]
+    with pytest.raises(HamiError, match="containers request devices"):
+        pod_request(pod, default_vendors())
+    pod["spec"]["containers"].pop()
+    assert len(pod_request(pod, default_vendors()).containers) == MAX_DEVICE_CONTAINERS

@@ -29,6 +29,9 @@ from hami.resources import (
 from hami.vendors.base import Vendor
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Containers with device requests one pod may have: real pods have a handful; the bound keeps one pod's
+# filter (a vectorised fit per container over every device of the cluster) from stalling the service.
+MAX_DEVICE_CONTAINERS = 64
 
 
 # --- shape helpers: a missing or null field is empty; a field of the wrong type is a HamiError ---------------
@@ -135,6 +138,10 @@ def pod_request(pod: Mapping[str, Any], vendors: Sequence[Vendor]) -> PodRequest
             memory_mib=_quantity(sections, "memory", memory_mib),
         ))
 
+    with_devices = sum(1 for c in containers if c.devices)
+    if with_devices > MAX_DEVICE_CONTAINERS:
+        raise HamiError("spec.containers", f"{with_devices} containers request devices; at most "
+                                           f"{MAX_DEVICE_CONTAINERS} may")
     # Policy names are checked by the framework against its plugin registry (third parties may add some).
     node_policy = annotations.get(anno.NODE_SCHEDULER_POLICY, "").strip().lower() or None
     device_policy = tuple(p.lower() for p in anno.split_list(annotations.get(anno.GPU_SCHEDULER_POLICY, "")))
