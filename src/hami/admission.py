@@ -77,10 +77,10 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str
           check: Callable[[PodRequest], None] | None = None) -> list[dict[str, Any]]:
     """RFC 6902 operations that make a device pod ours and its request explicit; [] when none apply.
 
-    For a pod requesting any vendor's resource: set spec.schedulerName, add each vendor's default limits,
-    and remove allocation annotations the user supplied. [] for pods without managed resources, pods
-    labelled `hami.io/webhook: ignore`, and pods already assigned to a scheduler other than the default
-    one. Raises HamiError for invalid requests (anything the extender's filter would refuse), a privileged
+    Allocation annotations a user supplied are removed from every pod (they could only be forged). For a pod
+    requesting any vendor's resource: set spec.schedulerName and add each vendor's default limits; not for
+    pods without managed resources, pods labelled `hami.io/webhook: ignore`, and pods already assigned to a
+    scheduler other than the default one. Raises HamiError for invalid requests (anything the extender's filter would refuse), a privileged
     container in a device pod, a preset nodeName, and limiter-bypassing env in any pod.
     `check` sees the parsed request of a device pod and raises HamiError for what the caller refuses besides.
     Idempotent: admitting the patched pod gives [].
@@ -89,12 +89,17 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str
         raise HamiError("pod", f"expected an object, got {type(pod).__name__}")
     check_env(pod)
     meta = get_map(pod, "metadata", "pod")
+    strip: list[dict[str, Any]] = [
+        {"op": "remove", "path": f"/metadata/annotations/{escape_pointer(name)}"}
+        for name in sorted(get_map(meta, "annotations", "metadata"))
+        if _forgeable(name, vendors)
+    ]
     if get_map(meta, "labels", "metadata").get(anno.WEBHOOK_LABEL) == anno.WEBHOOK_IGNORE:
-        return []
+        return strip
     spec = get_map(pod, "spec", "pod")
     current_scheduler = get_str(spec, "schedulerName", "spec")
     if current_scheduler not in ("", DEFAULT_SCHEDULER, scheduler_name):
-        return []
+        return strip
 
     wants_devices = False
     privileged: str | None = None
@@ -114,7 +119,7 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str
             limit_ops.extend(_limit_ops(f"/spec/{key}/{index}/resources", resources, defaults))
 
     if not wants_devices:
-        return []
+        return strip
     if privileged is not None:
         raise HamiError(privileged, "a pod using shared devices must not run privileged containers "
                                     "(they see every device on the node)")
@@ -125,11 +130,7 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str
     if check is not None:
         check(request)  # e.g. policy names the scheduler does not know
 
-    ops: list[dict[str, Any]] = [
-        {"op": "remove", "path": f"/metadata/annotations/{escape_pointer(name)}"}
-        for name in sorted(get_map(meta, "annotations", "metadata"))
-        if _forgeable(name, vendors)
-    ]
+    ops = strip
     if current_scheduler != scheduler_name:
         op = "replace" if "schedulerName" in spec else "add"
         ops.append({"op": op, "path": "/spec/schedulerName", "value": scheduler_name})

@@ -89,10 +89,12 @@ def test_forged_annotations_are_removed() -> None:
     lambda p: p["spec"]["containers"][0]["resources"]["limits"].update({"nvidia.com/gpu": "0"}),
 ])
 def test_pods_left_alone(mutate: Any) -> None:
+    """Not made ours, but a forged allocation annotation goes whatever the (tenant-set) label or scheduler."""
     pod = gpu_pod(**{"nvidia.com_gpu": "1"})
-    pod["metadata"]["annotations"]["hami.io/vgpu-node"] = "n1"
     mutate(pod)
     assert admit(pod, VENDORS) == []
+    pod["metadata"]["annotations"]["hami.io/vgpu-node"] = "n1"
+    assert admit(pod, VENDORS) == [{"op": "remove", "path": "/metadata/annotations/hami.io~1vgpu-node"}]
 
 
 @pytest.mark.parametrize(("mutate", "field"), [
