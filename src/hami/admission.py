@@ -80,8 +80,9 @@ def admit(pod: Mapping[str, Any], vendors: Sequence[Vendor], scheduler_name: str
     Allocation annotations a user supplied are removed from every pod (they could only be forged). For a pod
     requesting any vendor's resource: set spec.schedulerName and add each vendor's default limits; not for
     pods without managed resources, pods labelled `hami.io/webhook: ignore`, and pods already assigned to a
-    scheduler other than the default one. Raises HamiError for invalid requests (anything the extender's filter would refuse), a privileged
-    container in a device pod, a preset nodeName, and limiter-bypassing env in any pod.
+    scheduler other than the default one. Raises HamiError for invalid requests (anything the extender's
+    filter would refuse), a privileged container in a device pod, a preset nodeName, and limiter-bypassing
+    env in any pod.
     `check` sees the parsed request of a device pod and raises HamiError for what the caller refuses besides.
     Idempotent: admitting the patched pod gives [].
     """
