@@ -16,7 +16,7 @@ from hami.kube.events import EventRecorder, PodRef, coarse_reason, summarize
 from hami.kube.informer import ClusterInformer
 from hami.kube.leader import LeaderElector, LeaseConfig
 from hami.kube.memory import MemoryKubeApi
-from hami.kube.nodelock import LockConfig, NodeLockError, NodeLocks
+from hami.kube.nodelock import LockConfig, NodeLockError, NodeLocks, release_node_lock
 from hami.kube.reservations import Reservations
 from hami.protocol import annotations as anno
 from hami.scheduler.framework import Scheduler, SchedulerConfig
@@ -284,7 +284,7 @@ async def test_binds_to_one_node_go_in_arrival_order_and_others_do_not_wait() ->
             await locks.acquire(node, "default", pod, deadline)
             order.append(pod)
             await asyncio.sleep(0.02)
-            await locks.release(node, "default", pod)  # as the device plugin would
+            await release_node_lock(api, node, "default", pod)  # as the device plugin would
 
     n1 = [asyncio.create_task(bind("n1", f"p{i}")) for i in range(4)]
     await asyncio.sleep(0)
@@ -365,16 +365,54 @@ async def test_lock_race_with_a_concurrent_writer_retries() -> None:
     assert (await _lock_value(api, "n1") or "").endswith(",default,b")
 
 
-async def test_release_only_removes_our_own_lock() -> None:
+async def test_release_removes_only_this_pods_lock_and_retries_conflicts(caplog: pytest.LogCaptureFixture) -> None:
     api = cluster()
-    await api.patch_annotations("nodes", "n1", {anno.NODE_LOCK: anno.encode_node_lock(
-        datetime.now(UTC), "default", "other")})
-    locks = NodeLocks(api)
-    await locks.release("n1", "default", "mine")
-    assert (await _lock_value(api, "n1") or "").endswith(",default,other")
-    await locks.release("n1", "default", "other")
-    assert await _lock_value(api, "n1") is None
-    await locks.release("gone", "default", "other")  # a deleted node is not an error
+    mine = anno.encode_node_lock(datetime.now(UTC), "default", "mine")
+    real_patch = api.patch_annotations
+    writes: list[str] = []
+
+    async def racing_patch(kind: str, name: str, annotations: Any, **kwargs: Any) -> Any:
+        writes.append(name)
+        if len(writes) == 1:
+            await real_patch("nodes", name, {"agent/heartbeat": "1"})  # the node agent writes meanwhile: 409
+        return await real_patch(kind, name, annotations, **kwargs)
+
+    await api.patch_annotations("nodes", "n1", {anno.NODE_LOCK: mine})
+    api.patch_annotations = racing_patch  # type: ignore[method-assign]
+    assert await release_node_lock(api, "n1", "default", "mine")
+    node = await api.get("nodes", "n1")
+    assert anno.NODE_LOCK not in node["metadata"]["annotations"] and writes == ["n1", "n1"]
+    assert node["metadata"]["annotations"]["agent/heartbeat"] == "1"
+    api.patch_annotations = real_patch  # type: ignore[method-assign]
+
+    # Someone else's lock, and one that cannot be read, are not this pod's to remove.
+    for value in (anno.encode_node_lock(datetime.now(UTC), "default", "other"), "yesterday,default,mine",
+                  anno.encode_node_lock(datetime.now(UTC), "elsewhere", "mine")):
+        await api.patch_annotations("nodes", "n1", {anno.NODE_LOCK: value})
+        assert await release_node_lock(api, "n1", "default", "mine")
+        assert await _lock_value(api, "n1") == value
+    assert await release_node_lock(api, "gone", "default", "mine")  # a deleted node holds no lock
+
+    # A node that never stops changing, or an API that fails: given up, said with the node's name.
+    await api.patch_annotations("nodes", "n1", {anno.NODE_LOCK: mine})
+
+    async def always_conflict(*args: Any, **kwargs: Any) -> Any:
+        raise ApiError(409, "modified", "Conflict")
+
+    api.patch_annotations = always_conflict  # type: ignore[method-assign]
+    assert not await release_node_lock(api, "n1", "default", "mine", attempts=3)
+    assert "node n1: could not release the lock of default/mine" in caplog.text
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ApiError(500, "etcd is down")
+
+    real_get = api.get
+    api.get = broken  # type: ignore[method-assign]
+    caplog.clear()
+    assert not await release_node_lock(api, "n1", "default", "mine")
+    assert "node n1" in caplog.text and "etcd is down" in caplog.text
+    api.get = real_get  # type: ignore[method-assign]
+    assert await _lock_value(api, "n1") == mine
 
 
 # --- leader election ---------------------------------------------------------------------------------------

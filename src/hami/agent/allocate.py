@@ -26,6 +26,7 @@ from uuid import uuid4
 from hami.agent.devices import DeviceTable
 from hami.kube.api import ApiError, KubeApi, KubeObject
 from hami.kube.events import EventRecorder, PodRef
+from hami.kube.nodelock import release_node_lock
 from hami.protocol import annotations as anno
 from hami.protocol.manifests import annotations_of, first_quantity, get_list, get_map, get_str, iter_containers
 from hami.resources import ContainerAllocation, HamiError, PodAllocation, quantity_int
@@ -409,7 +410,7 @@ class Allocator:
                       "; ".join(f"{g.container}={g.envs['NVIDIA_VISIBLE_DEVICES']}" for g in grants),
                       " (all containers done)" if done else "")
             if done:
-                await self.release_lock(namespace, name)
+                await release_node_lock(self.api, self.node_name, namespace, name)
             return grants
 
     def _prepare_dirs(self, grants: Sequence[ContainerGrant]) -> None:
@@ -435,32 +436,7 @@ class Allocator:
         except ApiError as exc:
             _log.error("pod %s/%s: cannot set bind-phase failed: %s", namespace, name, exc)
         self.events.emit(PodRef(namespace, name, get_str(meta, "uid", "metadata")), EVENT_REASON, message)
-        await self.release_lock(namespace, name)
-
-    async def release_lock(self, namespace: str, name: str) -> None:
-        """Delete the node lock if (and only if) this pod holds it; conditional, so a lock taken meanwhile by
-        the next pod survives."""
-        for _ in range(3):
-            try:
-                node = await self.api.get("nodes", self.node_name)
-                text = annotations_of(node).get(anno.NODE_LOCK)
-                if not text:
-                    return
-                try:
-                    lock = anno.decode_node_lock(text)
-                except HamiError:
-                    return
-                if (lock.namespace, lock.pod) != (namespace, name):
-                    return
-                version = get_str(get_map(node, "metadata", "node"), "resourceVersion", "metadata") or None
-                await self.api.patch_annotations("nodes", self.node_name, {anno.NODE_LOCK: None},
-                                                 resource_version=version)
-                return
-            except ApiError as exc:
-                if exc.status == 409:
-                    continue
-                _log.error("node %s: cannot release lock of %s/%s: %s", self.node_name, namespace, name, exc)
-                return
+        await release_node_lock(self.api, self.node_name, namespace, name)
 
     # -- GetPreferredAllocation ------------------------------------------------------------------------
     async def preferred(self, requests: Sequence[PreferredRequest]) -> list[list[str]]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from hami.kube.api import ApiError, KubeApi
 from hami.kube.events import EventRecorder, PodRef
-from hami.kube.nodelock import NodeLockError, NodeLocks
+from hami.kube.nodelock import NodeLockError, NodeLocks, release_node_lock
 from hami.kube.reservations import Reservations
 from hami.protocol import manifests
 from hami.protocol.allocation import allocation_annotations
@@ -127,7 +127,7 @@ class Binder:
 
     async def _undo(self, args: BindingArgs, pod_ref: PodRef, message: str, locked: bool) -> BindOutcome:
         if locked and self.locks is not None:
-            await self.locks.release(args.node, args.namespace, args.pod_name)
+            await release_node_lock(self.api, args.node, args.namespace, args.pod_name)
         return self._fail(args, pod_ref, message)
 
     def _fail(self, args: BindingArgs, pod_ref: PodRef, message: str) -> BindOutcome:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hami.kube.api import ApiError, KubeApi, WatchEvent
+from hami.kube.nodelock import release_node_lock
 from hami.protocol import annotations as anno
 from hami.vendors.base import Vendor
 
@@ -113,26 +114,10 @@ class DevicePluginSimulator:
                 patch[vendor.annotations.to_allocate] = ";" * count
         try:
             await self.api.patch_annotations("pods", name, patch, namespace=namespace)
-            await self._release(node, namespace, name)
+            await release_node_lock(self.api, node, namespace, name)
             self.allocated += 1
             self._acknowledged[uid] = None
             if len(self._acknowledged) > ACKNOWLEDGED_KEPT:
                 self._acknowledged.popitem(last=False)
         except ApiError as exc:
             log.warning("device plugin simulator: %s/%s on %s: %s", namespace, name, node, exc)
-
-    async def _release(self, node: str, namespace: str, name: str) -> None:
-        """Remove the pod's node lock; a conflict (someone else wrote the node) means look again."""
-        for _ in range(10):
-            node_obj = await self.api.get("nodes", node)
-            lock = ((node_obj.get("metadata") or {}).get("annotations") or {}).get(anno.NODE_LOCK, "")
-            if not lock.endswith(f",{namespace},{name}"):
-                return
-            try:
-                await self.api.patch_annotations(
-                    "nodes", node, {anno.NODE_LOCK: None},
-                    resource_version=str(node_obj["metadata"].get("resourceVersion", "")))
-                return
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise

@@ -24,10 +24,12 @@ from datetime import UTC, datetime, timedelta
 
 from hami.kube.api import ApiError, KubeApi
 from hami.protocol import annotations as anno
-from hami.protocol.manifests import TERMINAL_PHASES
+from hami.protocol.manifests import TERMINAL_PHASES, map_or_empty
 from hami.resources import HamiError
 
 log = logging.getLogger(__name__)
+
+RELEASE_ATTEMPTS = 5  # conflicts in a row before a release gives up (each one is a fresh read of the node)
 
 
 class NodeLockError(Exception):
@@ -159,25 +161,41 @@ class NodeLocks:
         bind_phase = ((obj.get("metadata") or {}).get("annotations") or {}).get(anno.BIND_PHASE)
         return phase in TERMINAL_PHASES or bind_phase in (anno.BIND_PHASE_SUCCESS, anno.BIND_PHASE_FAILED)
 
-    async def release(self, node: str, namespace: str, pod: str) -> None:
-        """Remove the lock if it is still `pod`'s (after a failed bind; the device plugin releases it
-        after a successful one). Conditional, so a lock someone took over meanwhile is left alone."""
-        for _ in range(5):
+async def release_node_lock(api: KubeApi, node: str, namespace: str, pod: str, *,
+                            attempts: int = RELEASE_ATTEMPTS) -> bool:
+    """Remove `node`'s lock if `namespace/pod` holds it: after a failed bind (scheduler), once a pod's containers
+    are served or its allocation failed (node agent, device-plugin stand-in).
+
+    The patch is conditional on the node's resourceVersion, so a lock someone else took meanwhile survives; a
+    409 means the node changed under us (its agent, another lock): look again. A lock held by another pod, or
+    one that cannot be read, is left alone. Returns False only when the pod may still hold the lock (conflicts
+    all the way, or another API error, logged with the node's name); a node that is gone holds no lock.
+    """
+    for _ in range(attempts):
+        try:
+            obj = await api.get("nodes", node)
+            meta = map_or_empty(obj, "metadata")
+            value = map_or_empty(meta, "annotations").get(anno.NODE_LOCK)
+            if not value:
+                return True
             try:
-                obj = await self.api.get("nodes", node)
-                meta = obj.get("metadata") or {}
-                current = (meta.get("annotations") or {}).get(anno.NODE_LOCK, "")
-                if not current.endswith(f",{namespace},{pod}"):
-                    return
-                await self.api.patch_annotations("nodes", node, {anno.NODE_LOCK: None},
-                                                 resource_version=str(meta.get("resourceVersion", "")))
-                return
-            except ApiError as exc:
-                if exc.status == 404:
-                    return
-                if exc.status != 409:
-                    log.warning("node %s: could not release lock of %s/%s: %s", node, namespace, pod, exc)
-                    return
+                lock = anno.decode_node_lock(str(value))
+            except HamiError:
+                return True  # not provably this pod's: the next bind takes it over when it is stale
+            if (lock.namespace, lock.pod) != (namespace, pod):
+                return True
+            await api.patch_annotations("nodes", node, {anno.NODE_LOCK: None},
+                                        resource_version=str(meta.get("resourceVersion", "")))
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return True
+            if exc.status != 409:
+                log.warning("node %s: could not release the lock of %s/%s: %s", node, namespace, pod, exc)
+                return False
+    log.warning("node %s: could not release the lock of %s/%s: the node kept changing (%d tries)", node,
+                namespace, pod, attempts)
+    return False
 
 
 class _Turn:
