@@ -1,4 +1,5 @@
-"""Kubernetes Events on pods, so `kubectl describe pod` says why a pod is pending or failed to bind.
+"""Kubernetes Events on pods and nodes, so `kubectl describe` says why a pod is pending or failed to bind, or
+why a node takes no work.
 
 Emitting never blocks a filter or a bind: events go into a bounded queue that a background task writes
 out (dropping, with a count, when the API server cannot keep up). The same message for the same pod is
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "hami-scheduler"
 MAX_MESSAGE = 1024  # the API server truncates longer messages anyway
+CLUSTER_EVENTS_NAMESPACE = "default"  # where Events about cluster-scoped objects (nodes) go
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,16 @@ class PodRef:
     name: str
     uid: str = ""
 
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A Node as an Event's subject. Nodes have no namespace; their Events live in `default`, as kubelet's do."""
+
+    name: str
+    uid: str = ""
+
+
+EventSubject = PodRef | NodeRef
 
 _DEVICE_REASON = re.compile(r"\d+/\d+ ([A-Za-z]+)")
 
@@ -81,8 +93,8 @@ class EventRecorder:
         self.dropped = 0
         self.sent = 0
 
-    def emit(self, pod: PodRef, reason: str, message: str, event_type: str = "Warning") -> None:
-        key = (pod.uid or f"{pod.namespace}/{pod.name}", reason, message)
+    def emit(self, subject: EventSubject, reason: str, message: str, event_type: str = "Warning") -> None:
+        key = (subject.uid or repr(subject), reason, message)
         now = time.monotonic()
         last = self._recent.get(key)
         if last is not None and now - last < self.dedup_s:
@@ -92,18 +104,23 @@ class EventRecorder:
         while len(self._recent) > 10_000:
             self._recent.popitem(last=False)
         try:
-            self._queue.put_nowait(self._event(pod, reason, message, event_type))
+            self._queue.put_nowait(self._event(subject, reason, message, event_type))
         except asyncio.QueueFull:
             self.dropped += 1
 
-    def _event(self, pod: PodRef, reason: str, message: str, event_type: str) -> KubeObject:
+    def _event(self, subject: EventSubject, reason: str, message: str, event_type: str) -> KubeObject:
         at = datetime.now(UTC)
-        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace, "name": pod.name}
-        if pod.uid:
-            involved["uid"] = pod.uid
+        if isinstance(subject, NodeRef):
+            namespace = CLUSTER_EVENTS_NAMESPACE
+            involved = {"apiVersion": "v1", "kind": "Node", "name": subject.name}
+        else:
+            namespace = subject.namespace
+            involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": subject.name}
+        if subject.uid:
+            involved["uid"] = subject.uid
         return {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+            "metadata": {"generateName": f"{subject.name}.", "namespace": namespace},
             "involvedObject": involved,
             "reason": reason, "message": message[:MAX_MESSAGE], "type": event_type,
             "source": {"component": self.component},
