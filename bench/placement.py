@@ -70,8 +70,9 @@ def pod_manifest(r: PodRecord) -> dict[str, Any]:
               "nvidia.com/gpucores": str(devices[0].cores)}
     return {"metadata": {"name": name, "namespace": namespace, "uid": r.uid,
                          "annotations": {anno.VGPU_DEVICES_ALLOCATED: anno.encode_pod_allocation(r.allocation)}},
-            "spec": {"nodeName": r.node, "containers": [{"name": "main", "resources": {
-                "limits": limits, "requests": {"cpu": f"{r.cpu_milli}m", "memory": f"{r.memory_mib}Mi"}}}]},
+            "spec": {"nodeName": r.node, "schedulerName": "hami-scheduler", "containers": [{
+                "name": "main", "resources": {
+                    "limits": limits, "requests": {"cpu": f"{r.cpu_milli}m", "memory": f"{r.memory_mib}Mi"}}}]},
             "status": {"phase": "Running"}}
 
 

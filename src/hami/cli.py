@@ -25,6 +25,10 @@ def _fail(exc: HamiError) -> None:
     raise typer.Exit(2)
 
 
+def _warn(line: str) -> None:
+    err.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True, highlight=False)
+
+
 def _split(policy: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in policy.split(",") if p.strip())
 
@@ -37,7 +41,8 @@ def place(
     node_policy: Annotated[str | None, typer.Option(help="cluster default node policy")] = None,
     device_policy: Annotated[str | None, typer.Option(help="cluster default device policy chain")] = None,
 ) -> None:
-    """Place one pod on a cluster read from a file. Exit 0 placed, 1 unschedulable, 2 bad input."""
+    """Place one pod on a cluster read from a file. Exit 0 placed, 1 unschedulable, 2 bad input (a node whose
+    registration cannot be read is skipped, with a warning on stderr)."""
     from hami.placement import explain
     from hami.placement import place as do_place
     from hami.protocol.manifests import load_manifests
@@ -56,7 +61,8 @@ def place(
         config = SchedulerConfig()
         config = SchedulerConfig(node_policy=node_policy or config.node_policy,
                                  device_policy=_split(device_policy) if device_policy else config.device_policy)
-        state = state_from_manifests(nodes, pods, vendors)
+        # One line per skipped node or untrusted allocation; the rest of the cluster still decides.
+        state = state_from_manifests(nodes, pods, vendors, report=_warn)
         result = do_place(subject[0], state, Scheduler(config), vendors)
     except HamiError as exc:
         _fail(exc)

@@ -66,7 +66,7 @@ def test_place_respects_existing_allocations(tmp_path: Path) -> None:
                              "metadata": {"name": f"{n}-{i}", "namespace": "ns", "uid": f"{n}-{i}",
                                           "annotations": {anno.VGPU_DEVICES_ALLOCATED:
                                                           f"GPU-{n}-{i},NVIDIA,15360,100:;"}},
-                             "spec": {"nodeName": n, "containers": [
+                             "spec": {"nodeName": n, "schedulerName": "hami-scheduler", "containers": [
                                  {"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
                              "status": {"phase": "Running"}})
     res = runner.invoke(app, ["place", "--cluster", str(write_cluster(tmp_path, existing)),
@@ -77,6 +77,23 @@ def test_place_respects_existing_allocations(tmp_path: Path) -> None:
     assert out["node"] is None and out["containers"] == [] and out["annotations"] == {}
     assert out["rejected"]["t4-node-1"] == ("NodeInsufficientDevice: need 1, 0/2 fit, "
                                             "2/2 CardComputeUnitsExhausted")
+
+
+def test_place_skips_a_node_it_cannot_read_and_still_decides(tmp_path: Path) -> None:
+    # One node's registration is not valid JSON: that node is left out, said on stderr, the rest decide.
+    broken = demo.cluster()[0]
+    broken["metadata"]["annotations"][anno.NODE_NVIDIA_REGISTER] = '[{"id": "GPU-a100-node-0", '
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [broken, *demo.cluster()[1:]]}))
+    res = runner.invoke(app, ["place", "--cluster", str(cluster), "--pod",
+                              str(write_pod(tmp_path, {"nvidia.com/gpumem": "3000"})), "-o", "json"])
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(res.stdout)["node"] in {"t4-node-1", "t4-node-2", "l40s-node"}
+    [line] = res.stderr.splitlines()
+    assert line.startswith("warning: node a100-node takes no work: hami.io/node-nvidia-register: invalid JSON")
+    res = runner.invoke(app, ["place", "--cluster", str(cluster), "--pod",
+                              str(write_pod(tmp_path, {"nvidia.com/gpu": "1"}, {anno.NVIDIA_USE_GPUTYPE: "A100"}))])
+    assert res.exit_code == 1 and "a100-node" in res.stderr
 
 
 def test_place_text_explains(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from hami.services.tls import ReloadingTLS
 
 
 def small_cluster() -> MemoryKubeApi:
-    tenant = pod_manifest("t", node="n1", annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-a,NVIDIA,3000,25:;"})
+    tenant = pod_manifest("t", node="n1", gpumem=3000, gpucores=25,
+                          annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-a,NVIDIA,3000,25:;"})
     return MemoryKubeApi.from_objects([node_manifest("n1", ("GPU-a", 16000), ("GPU-b", 16000))], [tenant])
 
 

@@ -67,14 +67,16 @@ class Harness:
 
 async def test_state_after_start_equals_the_annotations() -> None:
     api = cluster(
-        bound("a", "n1", "GPU-a,NVIDIA,4000,20:;"),
-        bound("b", "n1", "GPU-a,NVIDIA,2000,10:GPU-b,NVIDIA,2000,10:;"),
+        bound("a", "n1", "GPU-a,NVIDIA,4000,20:;", gpumem=4000, gpucores=20),
+        bound("b", "n1", "GPU-a,NVIDIA,2000,10:GPU-b,NVIDIA,2000,10:;", gpu=2, gpumem=2000, gpucores=10),
         # Allocated but not bound yet (kube-scheduler's bind still in flight): counts via hami.io/vgpu-node.
-        pod_manifest("c", annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-c,NVIDIA,1000,0:;", anno.VGPU_NODE: "n2"}),
+        pod_manifest("c", gpumem=1000, gpucores=0,
+                     annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-c,NVIDIA,1000,0:;", anno.VGPU_NODE: "n2"}),
         # Finished pods hold nothing; HAMi's failed binds hold nothing.
-        {**bound("done", "n1", "GPU-b,NVIDIA,9000,0:;"), "status": {"phase": "Succeeded"}},
-        pod_manifest("failed", annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-c,NVIDIA,1000,0:;",
-                                            anno.VGPU_NODE: "n2", anno.BIND_PHASE: "failed"}),
+        {**bound("done", "n1", "GPU-b,NVIDIA,9000,0:;", gpumem=9000, gpucores=0), "status": {"phase": "Succeeded"}},
+        pod_manifest("failed", gpumem=1000, gpucores=0,
+                     annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-c,NVIDIA,1000,0:;", anno.VGPU_NODE: "n2",
+                                  anno.BIND_PHASE: "failed"}),
         pod_manifest("pending"),
     )
     async with Harness(api) as h:
@@ -83,7 +85,7 @@ async def test_state_after_start_equals_the_annotations() -> None:
 
 
 async def test_watch_events_update_the_state() -> None:
-    api = cluster(pod_manifest("p"))
+    api = cluster(pod_manifest("p", gpumem=3000, gpucores=0))
     async with Harness(api) as h:
         await api.bind("default", "p", "uid-p", "n2", {anno.VGPU_DEVICES_ALLOCATED: "GPU-c,NVIDIA,3000,0:;"})
         await h.settle()
@@ -93,7 +95,7 @@ async def test_watch_events_update_the_state() -> None:
         api.put("pods", obj)
         await h.settle()
         assert h.state.device_usage() == {}
-        api.put("pods", bound("q", "n1", "GPU-a,NVIDIA,100,0:;"))
+        api.put("pods", bound("q", "n1", "GPU-a,NVIDIA,100,0:;", gpumem=100, gpucores=0))
         await h.settle()
         await api.delete("pods", "q")
         await h.settle()
@@ -115,7 +117,7 @@ async def test_nodes_come_go_and_bad_registrations_take_no_work() -> None:
 
 
 async def test_relist_after_410_reconciles_missed_changes() -> None:
-    api = cluster(bound("a", "n1", "GPU-a,NVIDIA,4000,0:;"), pod_manifest("r"))
+    api = cluster(bound("a", "n1", "GPU-a,NVIDIA,4000,0:;", gpumem=4000, gpucores=0), pod_manifest("r"))
     async with Harness(api) as h:
         decision = Scheduler().schedule(_request(api, "r"), h.state, ["n2"])
         h.reservations.reserve(decision)
@@ -123,7 +125,7 @@ async def test_relist_after_410_reconciles_missed_changes() -> None:
         await asyncio.gather(h.task, return_exceptions=True)  # type: ignore[arg-type]
         # While we were not watching: a is deleted, b appears, and history is compacted.
         api._objects["pods"].pop("default/a")
-        api.put("pods", bound("b", "n1", "GPU-b,NVIDIA,5000,0:;"))
+        api.put("pods", bound("b", "n1", "GPU-b,NVIDIA,5000,0:;", gpumem=5000, gpucores=0))
         api.compact()
         relists = h.informer.relists["pods"]
         h.task = asyncio.create_task(h.informer._run("pods"))
@@ -163,7 +165,7 @@ async def test_informer_retries_after_errors() -> None:
 
     api = Flaky.from_objects([node_manifest("n1", ("GPU-a", 16000))], [])
     async with Harness(api) as h:  # type: ignore[arg-type]
-        api.put("pods", bound("a", "n1", "GPU-a,NVIDIA,1,0:;"))
+        api.put("pods", bound("a", "n1", "GPU-a,NVIDIA,1,0:;", gpumem=1, gpucores=0))
         for _ in range(400):
             if h.state.device_usage():
                 break

@@ -16,8 +16,9 @@ from hami.protocol import annotations as anno
 
 def ours(name: str, node: str, **kwargs: Any) -> dict[str, Any]:
     """A pod we placed and bound: allocation annotations, hami.io/vgpu-node, spec.nodeName."""
-    return pod_manifest(name, node=node, annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-a,NVIDIA,1000,0:;",
-                                                      anno.VGPU_NODE: node}, **kwargs)
+    return pod_manifest(name, node=node, gpumem=1000, gpucores=0,
+                        annotations={anno.VGPU_DEVICES_ALLOCATED: "GPU-a,NVIDIA,1000,0:;", anno.VGPU_NODE: node},
+                        **kwargs)
 
 
 async def label_of(api: MemoryKubeApi, name: str) -> str | None:

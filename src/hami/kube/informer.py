@@ -20,17 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hami.kube.api import ApiError, KubeApi, KubeObject, WatchEvent
+from hami.kube.events import EventRecorder, EventSubject, NodeRef, PodRef
 from hami.kube.reservations import Reservations
 from hami.protocol import annotations as anno
-from hami.protocol import liveness, manifests
-from hami.resources import HamiError, Node
-from hami.scheduler.snapshot import pod_record
-from hami.scheduler.state import ClusterState
+from hami.protocol import liveness, manifests, trust
+from hami.scheduler.snapshot import REGISTRATION_EXPIRY_S, node_lookup, node_state, pod_state
+from hami.scheduler.state import ClusterState, PodRecord
 from hami.vendors.base import Vendor
 
 log = logging.getLogger(__name__)
 
 KINDS = ("nodes", "pods")
+REASON_NODE_SKIPPED = "InvalidDeviceRegistration"
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -40,14 +41,18 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 class ClusterInformer:
     """Feeds `state` from the API server. `synced` is set once both kinds have been listed in full.
     `on_node(name, annotations)` hears of every node change (the node lock waits on it), `on_pod(event type,
-    pod)` of every pod event and listed pod."""
+    pod)` of every pod event and listed pod. Allocations count on pods of the `trusted_schedulers` only
+    (protocol/trust); skipped nodes and untrusted allocations are logged and told with a Warning Event on
+    the object, once per object and cause."""
 
     def __init__(self, api: KubeApi, state: ClusterState, vendors: Sequence[Vendor],
                  reservations: Reservations, *, track_node_resources: bool = False,
                  on_node: Callable[[str, Mapping[str, str]], None] | None = None,
                  on_pod: Callable[[str, KubeObject], None] | None = None, watch_timeout_s: int = 300,
-                 backoff_s: float = 1.0, registration_expiry_s: float = 60.0, liveness_check_s: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 backoff_s: float = 1.0, registration_expiry_s: float = REGISTRATION_EXPIRY_S,
+                 liveness_check_s: float = 5.0, clock: Callable[[], float] = time.time,
+                 events: EventRecorder | None = None,
+                 trusted_schedulers: Sequence[str] = (trust.DEFAULT_SCHEDULER,)) -> None:
         self.api = api
         self.state = state
         self.vendors = tuple(vendors)
@@ -60,6 +65,16 @@ class ClusterInformer:
         self.registration_expiry_s = registration_expiry_s
         self.liveness_check_s = liveness_check_s
         self.clock = clock
+        self.events = events
+        self.trusted_schedulers = tuple(trusted_schedulers)
+        self._node = node_lookup(state)
+        self._warned: dict[str, str] = {}  # pod uid or node/<name> -> the last warning told about it
+        # uid -> the record of a bound pod's first accounted allocation: later changes to its annotation are
+        # ignored (a tenant may patch its own pod; the scheduler wrote the allocation once, at bind)
+        self._bound: dict[str, PodRecord] = {}
+        # uid -> (node, pod) of pods counted before their node was seen: their percentages are checked, and
+        # their allocation fixed, once it is (pods may be listed before nodes)
+        self._before_node: dict[str, tuple[str, KubeObject]] = {}
         self._recheck: dict[str, tuple[float, KubeObject]] = {}  # node -> (when its liveness may lapse, obj)
         self.synced = asyncio.Event()
         self._kind_synced = {kind: False for kind in KINDS}
@@ -165,6 +180,7 @@ class ClusterInformer:
                 self.state.remove_node(node.name)
         for name in set(self._node_inputs) - seen:
             del self._node_inputs[name]
+            self._warned.pop(f"node/{name}", None)
         for name in set(self._recheck) - seen:
             del self._recheck[name]
 
@@ -176,36 +192,37 @@ class ClusterInformer:
             self.state.remove_node(name)
             self._node_inputs.pop(name, None)
             self._recheck.pop(name, None)
+            self._warned.pop(f"node/{name}", None)
         elif self._unchanged(name, obj):
             pass  # e.g. only the node lock moved (twice per bind): nothing to re-parse
         else:
-            try:
-                node = manifests.node_from_manifest(obj, self.vendors)
-            except HamiError as exc:
-                # A node we cannot read takes no new work until its agent writes a valid registration.
-                log.warning("node %s: ignoring malformed registration: %s", name, exc)
-                self.state.remove_node(name)
-            else:
-                if not self.track_node_resources:
-                    node = dataclasses.replace(node, cpu_milli=0, memory_mib=0)
-                self.state.upsert_node(self._live(node, obj))
+            self._take_node(name, obj)
         if self.on_node is not None:
             self.on_node(name, manifests.map_or_empty(_meta(obj), "annotations") if event_type != "DELETED" else {})
 
-    def _live(self, node: Node, obj: KubeObject) -> Node:
-        """The node with the devices of stale registrations marked unhealthy (protocol/liveness)."""
-        stale, recheck = liveness.stale_vendors(obj, self.vendors, self.clock(), self.registration_expiry_s)
-        if recheck < liveness.NEVER:
-            self._recheck[node.name] = (recheck, obj)
+    def _take_node(self, name: str, obj: KubeObject) -> None:
+        converted = node_state(obj, self.vendors, now=self.clock(), expiry_s=self.registration_expiry_s)
+        if converted.recheck_at < liveness.NEVER:
+            self._recheck[name] = (converted.recheck_at, obj)
         else:
-            self._recheck.pop(node.name, None)
-        if not stale:
-            return node
-        log.warning("node %s: %s registration older than %gs and no allocatable devices: its devices take no "
-                    "new work until its device plugin reports again", node.name, ", ".join(sorted(stale)),
-                    self.registration_expiry_s)
-        return dataclasses.replace(node, devices=tuple(
-            dataclasses.replace(d, health=False) if d.vendor in stale else d for d in node.devices))
+            self._recheck.pop(name, None)
+        if converted.node is None:
+            # A node we cannot read takes no new work until its agent writes a valid registration.
+            self._warn(f"node/{name}", NodeRef(name, str(_meta(obj).get("uid") or "")), REASON_NODE_SKIPPED,
+                       converted.skipped)
+            self.state.remove_node(name)
+            return
+        self._warned.pop(f"node/{name}", None)
+        if converted.stale:
+            log.warning("node %s: %s registration older than %gs and no allocatable devices: its devices take "
+                        "no new work until its device plugin reports again", name,
+                        ", ".join(sorted(converted.stale)), self.registration_expiry_s)
+        node = converted.node
+        if not self.track_node_resources:
+            node = dataclasses.replace(node, cpu_milli=0, memory_mib=0)
+        self.state.upsert_node(node)
+        for uid, (_, pod) in [(u, w) for u, w in self._before_node.items() if w[0] == name]:
+            self._take_pod(uid, pod)
 
     def _unchanged(self, name: str, obj: KubeObject) -> bool:
         """Whether what a Node becomes in the state (annotations but the lock, allocatable) is as last seen."""
@@ -228,6 +245,12 @@ class ClusterInformer:
         for uid in list(self.state.pods):
             if uid not in seen and uid not in self.reservations:
                 self.state.remove_pod(uid)
+        for uid in set(self._bound) - seen:
+            del self._bound[uid]
+        for uid in set(self._before_node) - seen:
+            del self._before_node[uid]
+        for key in [k for k in self._warned if not k.startswith("node/") and k not in seen]:
+            del self._warned[key]
         # A reservation older than the list whose pod is not in it: the pod was deleted meanwhile.
         for uid in self.reservations.created_before(started):
             if uid not in seen:
@@ -243,24 +266,60 @@ class ClusterInformer:
         if event_type == "DELETED":
             self.reservations.release(uid)
             self.state.remove_pod(uid)
+            self._bound.pop(uid, None)
+            self._before_node.pop(uid, None)
+            self._warned.pop(uid, None)
             return
-        try:
-            record = None if _failed_unbound(obj) else pod_record(obj, self.vendors)
-        except HamiError as exc:
-            log.warning("pod %s/%s: ignoring malformed allocation: %s", meta.get("namespace"),
-                        meta.get("name"), exc)
-            record = None
+        self._take_pod(uid, obj)
+
+    def _take_pod(self, uid: str, obj: KubeObject) -> None:
+        meta = _meta(obj)
+        converted = pod_state(obj, self.vendors, nodes=self._node, trusted=self.trusted_schedulers)
+        record = converted.record
+        ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or ""), uid)
+        held = self._bound.get(uid)
+        if held is not None and not _finished(obj):
+            if record != held:
+                names = "/".join(v.annotations.allocated for v in self.vendors)
+                self._warn(uid, ref, trust.UNTRUSTED_ALLOCATION, f"ignoring a change of {names} after the pod "
+                           "was bound: its first bound allocation stays counted")
+            return
+        self._bound.pop(uid, None)
+        if converted.malformed:
+            log.warning("pod %s: ignoring malformed allocation: %s", converted.key, converted.malformed)
+        if converted.untrusted:
+            self._warn(uid, ref, trust.UNTRUSTED_ALLOCATION, converted.untrusted)
+        else:
+            self._warned.pop(uid, None)
+        self._before_node.pop(uid, None)
         if record is not None:
             self.state.add_pod(record)
             self.reservations.confirm(uid)
+            if self._node(record.node) is None:
+                self._before_node[uid] = (record.node, obj)
+            elif manifests.map_or_empty(obj, "spec").get("nodeName"):
+                self._bound[uid] = record
             return
         reservation = self.reservations.get(uid)
         if reservation is not None:
-            if manifests.pod_is_terminal(obj) or manifests.map_or_empty(obj, "spec").get("nodeName"):
+            if _finished(obj) or manifests.map_or_empty(obj, "spec").get("nodeName"):
                 # Finished, or bound by someone else without our allocation: the devices are not used.
                 self.reservations.release(uid)
             return  # still pending between filter and bind: keep the reservation
         self.state.remove_pod(uid)
+
+    def _warn(self, key: str, subject: EventSubject, reason: str, message: str) -> None:
+        """Log and tell with a Warning Event, once per object and message (not once per watch event: a pod's
+        or node's every update would repeat it)."""
+        if self._warned.get(key) == message:
+            return
+        self._warned[key] = message
+        if isinstance(subject, NodeRef):
+            log.warning("%s", message)  # names the node already
+        else:
+            log.warning("pod %s/%s: %s", subject.namespace, subject.name, message)
+        if self.events is not None:
+            self.events.emit(subject, reason, message)
 
 
 def _check_cancelled() -> None:
@@ -271,9 +330,5 @@ def _check_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _failed_unbound(pod: Mapping[str, Any]) -> bool:
-    """HAMi's own scheduler writes the allocation before binding and marks `bind-phase: failed` when the
-    bind fails; such a pod holds nothing until it is scheduled again."""
-    if manifests.map_or_empty(_meta(pod), "annotations").get(anno.BIND_PHASE) != anno.BIND_PHASE_FAILED:
-        return False
-    return not manifests.map_or_empty(pod, "spec").get("nodeName")
+def _finished(pod: KubeObject) -> bool:
+    return manifests.map_or_empty(pod, "status").get("phase") in manifests.TERMINAL_PHASES

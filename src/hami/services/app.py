@@ -90,7 +90,8 @@ class HamiService:
                                         track_node_resources=config.track_node_resources,
                                         on_node=self.locks.notify if self.locks else None,
                                         on_pod=self._on_pod,
-                                        registration_expiry_s=config.registration_expiry_s)
+                                        registration_expiry_s=config.registration_expiry_s,
+                                        events=self.events, trusted_schedulers=(config.scheduler_name,))
         self.leader = LeaderElector(api, config.leader, on_change=self._leader_changed) if config.leader else None
         self.binder = Binder(api, self.scheduler, self.reservations, self.vendors, self.locks, self.events,
                              max_wait_s=config.lock.max_wait_s, scheduler_name=config.scheduler_name)
