@@ -9,7 +9,7 @@ from typing import Any
 from hami.agent.fake import FakeSpec, parse_fake_spec
 from hami.protocol import annotations as anno
 from hami.protocol.annotations import encode_node_lock, encode_pod_allocation
-from hami.resources import ContainerDevice
+from hami.resources import ContainerDevice, HamiError
 
 NODE = "node-1"
 GPU0 = "GPU-0fc3eda5-e98b-a25b-5b0d-cf5c855b4ca0"
@@ -40,9 +40,13 @@ def allocation(*containers: Sequence[tuple[str, int, int]]) -> str:
         tuple(ContainerDevice(uuid, "NVIDIA", mem, cores) for uuid, mem, cores in c) for c in containers))
 
 
-def container(name: str, gpus: int = 1, *, env: dict[str, str] | None = None,
-              priority: int | None = None) -> dict[str, Any]:
+def container(name: str, gpus: int = 1, *, gpumem: int | None = None, gpucores: int | None = None,
+              env: dict[str, str] | None = None, priority: int | None = None) -> dict[str, Any]:
     limits: dict[str, Any] = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    if gpumem is not None:
+        limits["nvidia.com/gpumem"] = str(gpumem)
+    if gpucores is not None:
+        limits["nvidia.com/gpucores"] = str(gpucores)
     if priority is not None:
         limits["nvidia.com/priority"] = str(priority)
     ctr: dict[str, Any] = {"name": name, "image": "cuda", "resources": {"limits": limits}}
@@ -51,9 +55,23 @@ def container(name: str, gpus: int = 1, *, env: dict[str, str] | None = None,
     return ctr
 
 
+def asking_for(to_allocate: str) -> dict[str, Any]:
+    """Container `main` asking for what the allocation's first entry holds, as the scheduler placed it (a whole
+    GPU when the text is no allocation)."""
+    try:
+        first = next((c for c in anno.decode_pod_allocation(to_allocate) if c), ())
+    except HamiError:
+        first = ()
+    if not first:
+        return container("main")
+    return container("main", len(first), gpumem=first[0].memory_mib, gpucores=first[0].cores)
+
+
 def pod_manifest(name: str, to_allocate: str, *, containers: Sequence[dict[str, Any]] | None = None,
                  init: Sequence[dict[str, Any]] = (), node: str = NODE, phase: str = anno.BIND_PHASE_ALLOCATING,
-                 bind_time: int = 1_700_000_000, namespace: str = "default") -> dict[str, Any]:
+                 bind_time: int = 1_700_000_000, namespace: str = "default",
+                 scheduler: str = "hami-scheduler") -> dict[str, Any]:
+    """A pod the scheduler bound here; without `containers`, one that asks for its allocation (asking_for)."""
     annotations = {
         anno.VGPU_DEVICES_ALLOCATED: to_allocate,
         anno.VGPU_DEVICES_TO_ALLOCATE: to_allocate,
@@ -65,8 +83,8 @@ def pod_manifest(name: str, to_allocate: str, *, containers: Sequence[dict[str, 
     return {
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "annotations": annotations},
-        "spec": {"nodeName": node, "initContainers": list(init),
-                 "containers": list(containers if containers is not None else [container("main")])},
+        "spec": {"nodeName": node, "schedulerName": scheduler, "initContainers": list(init),
+                 "containers": list(containers if containers is not None else [asking_for(to_allocate)])},
         "status": {"phase": "Pending"},
     }
 

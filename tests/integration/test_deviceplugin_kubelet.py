@@ -191,7 +191,8 @@ async def test_injected_failure_reaches_kubelet_and_the_scheduler(rig: Rig) -> N
 async def test_allocate_shared_and_multi_gpu(rig: Rig) -> None:
     await rig.next_list()
     text = allocation([(GPU1, 3000, 30)], [(GPU0, 32768, 100), (GPU2, 81920, 100)])
-    rig.api.put("pods", pod_manifest("train", text, containers=[container("shared"), container("multi", 2)]))
+    rig.api.put("pods", pod_manifest("train", text, containers=[container("shared", gpumem=3000, gpucores=30),
+                                                                 container("multi", 2)]))
     await rig.api.patch_annotations("nodes", NODE, lock_for("default", "train"))
     available = [f"{u}-{r}" for u in (GPU0, GPU1, GPU2) for r in range(10)]
 

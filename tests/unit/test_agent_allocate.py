@@ -87,7 +87,7 @@ def test_shared_container_env_and_mounts() -> None:
     assert grant.cache_dir == "/usr/local/vgpu/containers/uid-1_main"
 
 
-def test_multi_gpu_disable_control_and_no_limiter() -> None:
+def test_multi_gpu_no_limiter_and_a_tenants_disable_control_is_not_honoured() -> None:
     devices = (ContainerDevice(GPU0, "NVIDIA", 32768, 100), ContainerDevice(GPU1, "NVIDIA", 16384, 100))
     grant = container_grant(devices, container("main", 2, env={"CUDA_DISABLE_CONTROL": "true"}), "u",
                             AllocationSettings(), limiter_installed=True, cache_id="c")
@@ -95,7 +95,8 @@ def test_multi_gpu_disable_control_and_no_limiter() -> None:
     assert (grant.envs["CUDA_DEVICE_MEMORY_LIMIT_0"], grant.envs["CUDA_DEVICE_MEMORY_LIMIT_1"]) == ("32768m",
                                                                                                     "16384m")
     assert "CUDA_TASK_PRIORITY" not in grant.envs
-    assert "/etc/ld.so.preload" not in [m.container_path for m in grant.mounts]
+    # The preload switches the limiter on: a container's own env must not switch it off.
+    assert "/etc/ld.so.preload" in [m.container_path for m in grant.mounts]
     bare = container_grant(devices, container("main", 2), "u", AllocationSettings(), limiter_installed=False,
                            cache_id="c")
     assert bare.mounts == () and bare.cache_dir is None
@@ -144,9 +145,9 @@ async def test_allocate_single_container_finishes_the_pod(tmp_path: Path) -> Non
 
 
 async def test_containers_are_served_in_order_init_first(tmp_path: Path) -> None:
-    text = allocation([(GPU0, 1000, 10)], [], [(GPU1, 2000, 20), (GPU2, 3000, 20)])
-    pod = pod_manifest("p1", text, init=[container("setup")],
-                       containers=[container("sidecar", 0), container("train", 2)])
+    text = allocation([(GPU0, 1000, 10)], [], [(GPU1, 2000, 20), (GPU2, 2000, 20)])
+    pod = pod_manifest("p1", text, init=[container("setup", gpumem=1000, gpucores=10)],
+                       containers=[container("sidecar", 0), container("train", 2, gpumem=2000, gpucores=20)])
     api, allocator, _ = make(tmp_path, pod, node_annotations=lock_for("default", "p1"))
     [first] = await allocator.allocate([[f"{GPU0}-0"]])
     assert (first.container, first.envs["NVIDIA_VISIBLE_DEVICES"]) == ("setup", GPU0)
@@ -190,7 +191,7 @@ async def test_two_pending_pods_without_lock(tmp_path: Path) -> None:
 
 
 async def test_wrong_count_fails_the_pod_with_an_event(tmp_path: Path) -> None:
-    pod = pod_manifest("p1", allocation([(GPU0, 1000, 0), (GPU1, 1000, 0)]), containers=[container("main", 2)])
+    pod = pod_manifest("p1", allocation([(GPU0, 1000, 0), (GPU1, 1000, 0)]))
     api, allocator, events = make(tmp_path, pod, node_annotations=lock_for("default", "p1"))
     with pytest.raises(AllocationError) as info:
         await allocator.allocate([[f"{GPU0}-0"]])
@@ -258,7 +259,7 @@ async def test_mig_mode_is_refused(tmp_path: Path) -> None:
 
 
 async def test_preferred_allocation_uses_the_pending_pod(tmp_path: Path) -> None:
-    pod = pod_manifest("p1", allocation([(GPU2, 1000, 0), (GPU1, 1000, 0)]), containers=[container("main", 2)])
+    pod = pod_manifest("p1", allocation([(GPU2, 1000, 0), (GPU1, 1000, 0)]))
     api, allocator, _ = make(tmp_path, pod, node_annotations=lock_for("default", "p1"))
     available = tuple(f"{u}-{r}" for u in (GPU0, GPU1, GPU2) for r in range(10))
     [chosen] = await allocator.preferred([PreferredRequest(available, (), 2)])
@@ -277,3 +278,73 @@ async def test_a_served_pod_still_holding_the_lock_is_not_failed(tmp_path: Path)
     [grant] = await allocator.allocate([[f"{GPU0}-0"]])
     assert grant.envs["NVIDIA_VISIBLE_DEVICES"] == GPU1
     assert (await pod_annotations(api, "served"))[anno.BIND_PHASE] == anno.BIND_PHASE_ALLOCATING
+
+
+# --- what the agent believes: a tenant may patch its own pod ------------------------------------------------
+
+
+async def refused(tmp_path: Path, pod: dict[str, Any], match: str, *,
+                  settings: AllocationSettings | None = None) -> None:
+    """The allocation is refused through the failure flow: the pod failed, an Event, the lock released."""
+    api, allocator, events = make(tmp_path, pod, node_annotations=lock_for("default", "p1"), settings=settings)
+    with pytest.raises(AllocationError, match=match) as info:
+        await allocator.allocate([[f"{GPU0}-0"]])
+    assert info.value.status == "invalid"
+    assert (await pod_annotations(api, "p1"))[anno.BIND_PHASE] == anno.BIND_PHASE_FAILED
+    [event] = events.pending()
+    assert event["reason"] == "DeviceAllocationFailed" and event["involvedObject"]["name"] == "p1"
+    assert anno.NODE_LOCK not in (await api.get("nodes", NODE))["metadata"]["annotations"]
+
+
+async def test_a_pod_of_another_scheduler_is_refused(tmp_path: Path) -> None:
+    # `hami.io/webhook: ignore` or its own scheduler: the annotations are the tenant's, not a scheduler's.
+    pod = pod_manifest("p1", allocation([(GPU0, 32768, 100)]), scheduler="default-scheduler")
+    await refused(tmp_path, pod, "scheduled by default-scheduler, not hami-scheduler")
+
+
+async def test_extra_trusted_schedulers_are_served(tmp_path: Path) -> None:
+    pod = pod_manifest("p1", allocation([(GPU0, 1000, 0)]), scheduler="volcano")
+    settings = AllocationSettings(limiter=limiter(tmp_path), trusted_schedulers=("hami-scheduler", "volcano"))
+    _, allocator, _ = make(tmp_path, pod, node_annotations=lock_for("default", "p1"), settings=settings)
+    [grant] = await allocator.allocate([[f"{GPU0}-0"]])
+    assert grant.envs["NVIDIA_VISIBLE_DEVICES"] == GPU0
+
+
+async def test_a_rewritten_to_allocate_entry_is_refused(tmp_path: Path) -> None:
+    pod = pod_manifest("p1", allocation([(GPU0, 1000, 0)]))
+    pod["metadata"]["annotations"][anno.VGPU_DEVICES_TO_ALLOCATE] = allocation([(GPU0, 32768, 100)])
+    await refused(tmp_path, pod, "vgpu-devices-to-allocate entry differs from hami.io/vgpu-devices-allocated")
+
+
+@pytest.mark.parametrize("forged", [
+    [(GPU0, 1, 0)],  # memory 1 MiB, cores 0: the limiter would hand out the whole card
+    [(GPU0, 4000, 0)],  # the right memory, other cores
+    [(GPU0, 32768, 25)],  # more memory than asked for
+])
+async def test_an_allocation_other_than_the_request_is_refused(tmp_path: Path,
+                                                               forged: list[tuple[str, int, int]]) -> None:
+    text = allocation(forged)  # both annotations rewritten alike
+    pod = pod_manifest("p1", text, containers=[container("main", gpumem=4000, gpucores=25)])
+    await refused(tmp_path, pod, r"does not match the container's request \(1 NVIDIA device\(s\) at 4000 MiB, 25%")
+
+
+async def test_a_percentage_request_is_checked_against_the_registered_memory(tmp_path: Path) -> None:
+    half = {"nvidia.com/gpu": "1", "nvidia.com/gpumem-percentage": "50", "nvidia.com/gpucores": "30"}
+    honest = pod_manifest("p1", allocation([(GPU2, 40960, 30)]),  # GPU2 registers 81920 MiB
+                          containers=[{"name": "main", "resources": {"limits": half}}])
+    _, allocator, _ = make(tmp_path, honest, node_annotations=lock_for("default", "p1"))
+    [grant] = await allocator.allocate([[f"{GPU2}-0"]])
+    assert grant.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "40960m"
+    greedy = pod_manifest("p1", allocation([(GPU2, 81920, 30)]),
+                          containers=[{"name": "main", "resources": {"limits": half}}])
+    await refused(tmp_path / "greedy", greedy, "50% memory, 30% cores")
+
+
+async def test_an_untrusted_pod_never_stands_in_for_a_real_one(tmp_path: Path) -> None:
+    # No lock names the pod: the oldest waiting pod would be picked, and the forged one is older.
+    forged = pod_manifest("forged", allocation([(GPU0, 1000, 0)]), bind_time=1, scheduler="default-scheduler")
+    real = pod_manifest("real", allocation([(GPU1, 1000, 0)]), bind_time=200)
+    api, allocator, _ = make(tmp_path, forged, real)
+    [grant] = await allocator.allocate([[f"{GPU2}-0"]])
+    assert grant.envs["NVIDIA_VISIBLE_DEVICES"] == GPU1
+    assert (await pod_annotations(api, "forged"))[anno.BIND_PHASE] == anno.BIND_PHASE_ALLOCATING

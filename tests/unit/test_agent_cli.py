@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 import typer
 import yaml
 from typer.testing import CliRunner
@@ -66,3 +68,21 @@ def test_bad_input_exits_2_and_no_driver_exits_1(tmp_path: Path) -> None:
     result = runner.invoke(root, ["node-agent", "--backend", "fake", "--devices", str(tmp_path / "none.yaml"),
                                   "--registration-only"])
     assert result.exit_code == 1 and "cannot read" in result.output
+
+
+def test_trusted_schedulers_repeat_or_comma_list_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hami.agent.cli as cli
+    from hami.agent.allocate import AllocationSettings
+
+    seen: list[AllocationSettings] = []
+
+    async def serve(backend: Any, config: Any, settings: Any, allocation: AllocationSettings, kubeconfig: Any) -> None:
+        seen.append(allocation)
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    args = ["node-agent", "--backend", "fake", "--devices", str(devices_file(tmp_path))]
+    assert runner.invoke(root, args).exit_code == 0
+    result = runner.invoke(root, [*args, "--trusted-scheduler", "hami-scheduler",
+                                  "--trusted-scheduler", "volcano, kai"])
+    assert result.exit_code == 0, result.output
+    assert [s.trusted_schedulers for s in seen] == [("hami-scheduler",), ("hami-scheduler", "volcano", "kai")]

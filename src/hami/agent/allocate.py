@@ -4,7 +4,9 @@ kubelet's Allocate names replica IDs but no pod. The pod is found as HAMi's devi
 lock (`hami.io/mutex.lock`, taken by the scheduler before binding) names it; failing that, the pod bound to
 this node in bind-phase `allocating` whose next waiting container wants as many devices as kubelet asks for.
 That container's entry of `hami.io/vgpu-devices-to-allocate` is the truth about which cards and which share
-it gets; kubelet's replica IDs only have to agree in number. The answer is the HAMi-core contract (SPEC §4);
+it gets; kubelet's replica IDs only have to agree in number. A tenant may patch its own pod, so the entry is
+served only on a pod of a trusted scheduler, equal to the pod's `hami.io/vgpu-devices-allocated` entry and
+matching the container's request (protocol/trust). The answer is the HAMi-core contract (SPEC §4);
 the entry is then blanked, and once no container waits, `bind-phase` becomes `success` and the node lock is
 released. Any failure marks the pod `failed`, posts an Event saying why, releases the lock, and is answered
 with an `AllocationError` (a gRPC error to kubelet), never with some other pod's devices.
@@ -24,18 +26,22 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from hami.agent.devices import DeviceTable
+from hami.agent.registration import registered_devices
 from hami.kube.api import ApiError, KubeApi, KubeObject
 from hami.kube.events import EventRecorder, PodRef
 from hami.kube.nodelock import release_node_lock
 from hami.protocol import annotations as anno
-from hami.protocol.manifests import annotations_of, first_quantity, get_list, get_map, get_str, iter_containers
+from hami.protocol.manifests import annotations_of, first_quantity, get_map, get_str, iter_containers
+from hami.protocol.trust import DEFAULT_SCHEDULER, as_requested, describe, untrusted_scheduler
 from hami.resources import ContainerAllocation, HamiError, PodAllocation, quantity_int
+from hami.vendors.nvidia import NvidiaVendor
 
 _log = logging.getLogger(__name__)
 
 VENDOR = "NVIDIA"
 EVENT_REASON = "DeviceAllocationFailed"
 CORE_POLICIES = ("default", "force", "disable")
+_NVIDIA = NvidiaVendor()  # reads a container's request exactly as the scheduler's default vendors do
 
 Status = Literal["invalid", "not_found", "unavailable", "internal"]
 
@@ -93,7 +99,8 @@ class Limiter:
 
 @dataclass(frozen=True, slots=True)
 class AllocationSettings:
-    """What shapes a container's environment besides its devices."""
+    """What shapes a container's environment besides its devices, and whose allocations are served: pods of
+    the `trusted_schedulers` only (protocol/trust)."""
 
     limiter: Limiter = field(default_factory=Limiter)
     core_policy: str = "default"  # GPU_CORE_UTILIZATION_POLICY
@@ -101,6 +108,7 @@ class AllocationSettings:
     oversubscribed: bool = False  # memory scaling > 1: HAMi-core may spill to host memory
     libcuda_log_level: str | None = None
     mig_mode: bool = False
+    trusted_schedulers: tuple[str, ...] = (DEFAULT_SCHEDULER,)
 
     def __post_init__(self) -> None:
         if self.core_policy not in CORE_POLICIES:
@@ -123,17 +131,6 @@ class ContainerGrant:
     envs: Mapping[str, str]
     mounts: tuple[Mount, ...] = ()
     cache_dir: str | None = None
-
-
-def _env_true(container: Mapping[str, Any], name: str, where: str) -> bool:
-    """Whether the container spec sets env `name` to a Go-true value (unparseable counts as unset, as in HAMi)."""
-    for item in get_list(container, "env", where):
-        if isinstance(item, Mapping) and item.get("name") == name:
-            try:
-                return anno.parse_go_bool(str(item.get("value", "")), name)
-            except HamiError:
-                return False
-    return False
 
 
 def _priority(container: Mapping[str, Any], resource: str, where: str) -> int | None:
@@ -168,14 +165,15 @@ def container_grant(devices: ContainerAllocation, container: Mapping[str, Any], 
     if not limiter_installed:
         return ContainerGrant(name, devices, envs)
     cache_dir = f"{limiter.cache_root}/{pod_uid}_{name}"
-    mounts = [
+    # The preload is what turns the limiter on, so it is mounted whatever the container's env says: HAMi skips
+    # it for `CUDA_DISABLE_CONTROL=true`, which would let any tenant lift its own memory and core limits.
+    mounts = (
         Mount(f"{limiter.container_dir}/libvgpu.so", limiter.lib, True),
         Mount(limiter.container_dir, cache_dir, False),
         Mount("/tmp/vgpulock", limiter.lock_dir, False),
-    ]
-    if not _env_true(container, "CUDA_DISABLE_CONTROL", where):
-        mounts.append(Mount("/etc/ld.so.preload", limiter.preload, True))
-    return ContainerGrant(name, devices, envs, tuple(mounts), cache_dir)
+        Mount("/etc/ld.so.preload", limiter.preload, True),
+    )
+    return ContainerGrant(name, devices, envs, mounts, cache_dir)
 
 
 # --- choosing replicas for GetPreferredAllocation (pure) -----------------------------------------------------
@@ -261,6 +259,7 @@ class Allocator:
         self.settings = settings
         self.events = events
         self.new_cache_id = new_cache_id
+        self._registered_memory = {d.uuid: d.memory_mib for d in registered_devices(table.inventory, table.config)}
         self._lock = asyncio.Lock()
 
     # -- pod lookup ------------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ class Allocator:
         except ApiError as exc:
             raise AllocationError("unavailable", f"cannot list pods of node {self.node_name}: {exc}") from None
         wanted = {self.table.physical_id(i) for i in kubelet_ids} - {None}
-        candidates: list[tuple[int, int, str, KubeObject]] = []
+        candidates: list[tuple[bool, int, int, str, KubeObject]] = []
         for pod in listed.items:
             try:
                 phase = get_str(get_map(pod, "status", "pod"), "phase", "status")
@@ -321,13 +320,16 @@ class Allocator:
             if entry is None or (count is not None and len(entry) != count):
                 continue
             overlap = len(wanted & {d.uuid for d in entry})
-            candidates.append((-overlap, _bind_time(pod), _pod_key(pod), pod))
+            # A pod of an untrusted scheduler goes last, so it never stands in for a real one; if kubelet is
+            # allocating for it after all, plan() refuses it.
+            untrusted = bool(untrusted_scheduler(pod, self.settings.trusted_schedulers))
+            candidates.append((untrusted, -overlap, _bind_time(pod), _pod_key(pod), pod))
         if not candidates:
             asked = f" waiting for {count} device(s)" if count is not None else ""
             raise AllocationError("not_found", f"no pod on node {self.node_name} is in bind-phase allocating"
                                                f"{asked} (node lock: {lock_text or 'none'})")
-        candidates.sort(key=lambda c: c[:3])
-        return candidates[0][3]
+        candidates.sort(key=lambda c: c[:4])
+        return candidates[0][4]
 
     # -- Allocate --------------------------------------------------------------------------------------
     def plan(self, pod: Mapping[str, Any], requests: Sequence[Sequence[str]]
@@ -337,12 +339,16 @@ class Allocator:
         key = _pod_key(pod)
         if self.settings.mig_mode:
             raise AllocationError("invalid", "operating mode mig is not supported by this node agent")
+        untrusted = untrusted_scheduler(pod, self.settings.trusted_schedulers)
+        if untrusted:
+            raise AllocationError("invalid", f"pod {key}: refusing its allocation: {untrusted}")
         try:
             annotations = annotations_of(pod)
             text = annotations.get(anno.VGPU_DEVICES_TO_ALLOCATE)
             if not text:
                 raise HamiError(anno.VGPU_DEVICES_TO_ALLOCATE, "missing or empty")
             alloc = anno.decode_pod_allocation(text, annotation=anno.VGPU_DEVICES_TO_ALLOCATE)
+            allocated = anno.decode_pod_allocation(annotations.get(anno.VGPU_DEVICES_ALLOCATED, ""))
             containers = list(iter_containers(pod))
         except HamiError as exc:
             raise AllocationError("invalid", f"pod {key}: {exc}") from None
@@ -375,7 +381,11 @@ class Allocator:
                 if dev.uuid not in self.table.uuids:
                     raise AllocationError("invalid", f"pod {key} container {name}: device {dev.uuid} is not a "
                                                      f"device of node {self.node_name}")
+            if index >= len(allocated) or allocated[index] != devices:
+                raise AllocationError("invalid", f"pod {key} container {name}: its {anno.VGPU_DEVICES_TO_ALLOCATE} "
+                                                 f"entry differs from {anno.VGPU_DEVICES_ALLOCATED}")
             try:
+                self._check_request(devices, container, where)
                 grants.append(container_grant(devices, container, uid, self.settings, limiter_installed=installed,
                                               cache_id=self.new_cache_id(), where=where))
             except HamiError as exc:
@@ -386,6 +396,15 @@ class Allocator:
         if len(requests) == len(pending):
             patch[anno.BIND_PHASE] = anno.BIND_PHASE_SUCCESS
         return grants, patch
+
+    def _check_request(self, devices: ContainerAllocation, container: Mapping[str, Any], where: str) -> None:
+        """The devices are the container's request (count, cores, memory in MiB or as a percentage of the
+        registered card), or HamiError: spec resources are immutable, annotations a tenant may rewrite."""
+        request = _NVIDIA.container_request(get_map(container, "resources", where), f"{where}.resources")
+        wanted = () if request is None else (request,)
+        if not as_requested(wanted, devices, self._registered_memory.get)[1]:
+            entry = anno.encode_pod_allocation((devices,)).rstrip(":;")
+            raise HamiError(where, f"allocation {entry} does not match the container's request ({describe(wanted)})")
 
     async def allocate(self, requests: Sequence[Sequence[str]]) -> list[ContainerGrant]:
         if not requests:

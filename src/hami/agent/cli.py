@@ -27,6 +27,7 @@ from hami.agent.deviceplugin import DEFAULT_SOCKET_DIR
 from hami.agent.discovery import Backend, DiscoveryError
 from hami.agent.registration import node_annotations
 from hami.agent.service import AgentSettings, NodeAgent
+from hami.protocol.trust import DEFAULT_SCHEDULER
 from hami.resources import HamiError
 
 node_agent_app = typer.Typer(add_completion=False, help="Node agent: discover devices, register them, serve kubelet.")
@@ -36,6 +37,11 @@ _log = logging.getLogger("hami.agent")
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _names(values: list[str] | None) -> tuple[str, ...]:
+    """Repeated options and comma lists alike: `--x a --x b,c` -> (a, b, c)."""
+    return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
 
 
 def make_backend(kind: str, devices: Path | None, config: NodeConfig) -> Backend:
@@ -82,6 +88,9 @@ def node_agent(
     limiter: Annotated[str, typer.Option(help="mount HAMi-core: auto (if libvgpu.so exists), on, off")] = "auto",
     core_policy: Annotated[str, typer.Option(help="GPU_CORE_UTILIZATION_POLICY: default, force, disable")]
     = "default",
+    trusted_scheduler: Annotated[list[str] | None, typer.Option(
+        help="schedulerName whose allocations are served (repeat or comma list) [default: hami-scheduler]")]
+    = None,
     kubeconfig: Annotated[Path | None, typer.Option(help="kubeconfig (default: in-cluster, then ~/.kube/config)")]
     = None,
     register_interval: Annotated[float, typer.Option(help="seconds between registration checks")] = 30.0,
@@ -118,6 +127,7 @@ def node_agent(
             oversubscribed=node_config.memory_scaling > 1,
             libcuda_log_level=node_config.libcuda_log_level,
             mig_mode=node_config.mode == "mig",
+            trusted_schedulers=_names(trusted_scheduler) or (DEFAULT_SCHEDULER,),
         )
         settings = AgentSettings(node_name=node, resource_name=resource_name, socket_dir=socket_dir,
                                  endpoint=endpoint, register_interval_s=register_interval)
