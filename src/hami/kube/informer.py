@@ -4,7 +4,9 @@ The state is a cache of two facts the API server holds: node registrations and p
 annotations (SPEC §2-3). After a (re)start or a 410 re-list the state is rebuilt from exactly those, so
 no device is double-allocated and no allocation is forgotten; reservations made at filter whose pods
 still exist are kept on top. A pod counts from the moment it carries an allocation annotation on a node
-(spec.nodeName, or `hami.io/vgpu-node` before the bind lands) until it is finished or gone.
+(spec.nodeName, or `hami.io/vgpu-node` before the bind lands) until it is finished or gone, as far as
+protocol/trust believes the annotation; once bound, the allocation first counted for it stays (a tenant may
+patch its own pod, the scheduler wrote the allocation once).
 
 Node CPU/memory are not tracked by default: kube-scheduler has already filtered on them before it calls
 the extender, and counting them here would need every pod of the cluster, not only device pods.
