@@ -317,3 +317,22 @@ def test_a_pod_with_too_many_device_containers_is_refused() -> None:
         pod_request(pod, default_vendors())
     pod["spec"]["containers"].pop()
     assert len(pod_request(pod, default_vendors()).containers) == MAX_DEVICE_CONTAINERS
+
+
+@pytest.mark.parametrize("limits", [{"nvidia.com/gpumem": "1e999999"}, {"nvidia.com/gpu": "1", "cpu": "1e16"},
+                                    {"nvidia.com/gpu": "1", "cpu": ["not", "a", "quantity"]}])
+async def test_a_pod_with_an_absurd_quantity_neither_ends_the_watch_nor_counts(limits: dict[str, Any]) -> None:
+    api = cluster()
+    async with running_service(api) as (service, client):
+        bad = pod_manifest("bad", gpu=None, node="n1",
+                           annotations={"hami.io/vgpu-devices-allocated": "GPU-a,NVIDIA,1000,0:;"})
+        bad["spec"]["containers"][0]["resources"]["limits"] = limits
+        await api.create("pods", bad)
+        await api.create("pods", pod_manifest("good", gpumem=1000, node="n1",
+                                              annotations={"hami.io/vgpu-devices-allocated": "GPU-b,NVIDIA,1000,0:;"}))
+        for _ in range(200):
+            if "uid-good" in service.state.pods:
+                break
+            await asyncio.sleep(0.01)
+        assert "uid-good" in service.state.pods and "uid-bad" not in service.state.pods
+        assert service.ready()[0] and (await client.get("/readyz")).status_code == 200

@@ -18,7 +18,7 @@ from hami.kube.api import ApiError, KubeApi
 from hami.kube.events import EventRecorder, PodRef
 from hami.kube.nodelock import NodeLockError, NodeLocks, release_node_lock
 from hami.kube.reservations import Reservations
-from hami.protocol import manifests
+from hami.protocol import manifests, trust
 from hami.protocol.allocation import allocation_annotations
 from hami.protocol.extender import BindingArgs
 from hami.resources import HamiError
@@ -103,9 +103,9 @@ class Binder:
         # The service may bind any pod of the cluster; it binds only the device pods that are its own.
         if not request.wants_devices:
             raise HamiError("pod", "requests no device Hami manages; kube-scheduler binds such pods itself")
-        scheduler = manifests.get_str(manifests.get_map(pod, "spec", "pod"), "schedulerName", "spec")
-        if scheduler != self.scheduler_name:
-            raise HamiError("spec.schedulerName", f"is {scheduler or 'unset'!r}, not {self.scheduler_name!r}")
+        foreign = trust.untrusted_scheduler(pod, (self.scheduler_name,))
+        if foreign:
+            raise HamiError("spec.schedulerName", foreign)
         # Schedule and reserve with no await in between: atomic with respect to concurrent filters.
         self.reservations.release(request.uid)
         decision = self.scheduler.schedule(request, self.reservations.state, [args.node])

@@ -54,7 +54,8 @@ class ClusterInformer:
                  backoff_s: float = 1.0, registration_expiry_s: float = REGISTRATION_EXPIRY_S,
                  liveness_check_s: float = 5.0, clock: Callable[[], float] = time.time,
                  events: EventRecorder | None = None,
-                 trusted_schedulers: Sequence[str] = (trust.DEFAULT_SCHEDULER,)) -> None:
+                 trusted_schedulers: Sequence[str] = (trust.DEFAULT_SCHEDULER,),
+                 tell: Callable[[], bool] = lambda: True) -> None:
         self.api = api
         self.state = state
         self.vendors = tuple(vendors)
@@ -70,6 +71,7 @@ class ClusterInformer:
         self.events = events
         self.trusted_schedulers = tuple(trusted_schedulers)
         self._node = node_lookup(state)
+        self.tell = tell  # whether this replica posts Events (the leader only; every replica logs)
         self._warned: dict[str, str] = {}  # pod uid or node/<name> -> the last warning told about it
         # uid -> the record of a bound pod's first accounted allocation: later changes to its annotation are
         # ignored (a tenant may patch its own pod; the scheduler wrote the allocation once, at bind)
@@ -156,18 +158,22 @@ class ClusterInformer:
             self.resource_version[kind] = rv
         if event.type == "BOOKMARK":
             return
+        self._apply(kind, event.type, event.object)
+
+    def _apply(self, kind: str, event_type: str, obj: KubeObject) -> None:
+        """Apply one event or listed object. One object we fail on must not end the watch or the list for
+        every other object: the bug is logged with the object's name (a later event or re-list of it is
+        tried afresh) and counted."""
         try:
             if kind == "nodes":
-                self.apply_node(event.type, event.object)
+                self.apply_node(event_type, obj)
             else:
-                self.apply_pod(event.type, event.object)
+                self.apply_pod(event_type, obj)
         except Exception:
-            # One object we fail on must not end the watch for every other object; the bug is logged with
-            # the object's name (a later event or re-list of it is tried afresh).
-            meta = _meta(event.object)
+            meta = _meta(obj)
             self.object_failures += 1
-            log.exception("%s %s/%s: cannot apply %s event; skipped", kind, meta.get("namespace", ""),
-                          meta.get("name", ""), event.type)
+            log.exception("%s %s/%s: cannot apply %s; skipped", kind, meta.get("namespace", ""),
+                          meta.get("name", ""), event_type)
 
     # -- nodes --------------------------------------------------------------------------------------
     def _replace_nodes(self, items: Sequence[KubeObject]) -> None:
@@ -176,7 +182,7 @@ class ClusterInformer:
             name = _meta(obj).get("name")
             if isinstance(name, str):
                 seen.add(name)
-            self.apply_node("ADDED", obj)
+            self._apply("nodes", "ADDED", obj)
         for node in list(self.state.live_nodes()):
             if node.name not in seen:
                 self.state.remove_node(node.name)
@@ -243,7 +249,7 @@ class ClusterInformer:
             uid = _meta(obj).get("uid")
             if isinstance(uid, str):
                 seen.add(uid)
-            self.apply_pod("ADDED", obj)
+            self._apply("pods", "ADDED", obj)
         for uid in list(self.state.pods):
             if uid not in seen and uid not in self.reservations:
                 self.state.remove_pod(uid)
@@ -320,7 +326,7 @@ class ClusterInformer:
             log.warning("%s", message)  # names the node already
         else:
             log.warning("pod %s/%s: %s", subject.namespace, subject.name, message)
-        if self.events is not None:
+        if self.events is not None and self.tell():
             self.events.emit(subject, reason, message)
 
 

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     scheduler_name: str = "hami-scheduler"
+    trusted_schedulers: tuple[str, ...] = ()  # other schedulers whose allocations count (e.g. HAMi's, renamed)
     reservation_ttl_s: float = 30.0
     node_lock: bool = True
     node_queue_depth: int = 1  # pods in line for one node's lock before filter prefers another (0: never)
@@ -91,7 +92,8 @@ class HamiService:
                                         on_node=self.locks.notify if self.locks else None,
                                         on_pod=self._on_pod,
                                         registration_expiry_s=config.registration_expiry_s,
-                                        events=self.events, trusted_schedulers=(config.scheduler_name,))
+                                        events=self.events, tell=self.is_leader,
+                                        trusted_schedulers=(config.scheduler_name, *config.trusted_schedulers))
         self.leader = LeaderElector(api, config.leader, on_change=self._leader_changed) if config.leader else None
         self.binder = Binder(api, self.scheduler, self.reservations, self.vendors, self.locks, self.events,
                              max_wait_s=config.lock.max_wait_s, scheduler_name=config.scheduler_name)

@@ -107,6 +107,9 @@ def serve(
     context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
     scheduler_name: Annotated[str, typer.Option(help="schedulerName the webhook sets on device pods")
                               ] = "hami-scheduler",
+    trusted_scheduler: Annotated[list[str] | None, typer.Option(
+        help="another scheduler whose pods' allocation annotations count (repeatable; e.g. HAMi's own "
+             "scheduler under another name); pods of any other scheduler hold nothing")] = None,
     namespace: Annotated[str | None, typer.Option(
         help="namespace of the leader Lease [default: $POD_NAMESPACE, the service account's, kube-system]")
     ] = None,
@@ -162,7 +165,9 @@ def serve(
                 namespace=namespace or os.environ.get("POD_NAMESPACE") or in_cluster_namespace() or "kube-system",
                 name=lease_name, identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
         config = ServiceConfig(
-            scheduler_name=scheduler_name, reservation_ttl_s=reservation_ttl, node_lock=node_lock,
+            scheduler_name=scheduler_name,
+            trusted_schedulers=tuple(n for item in trusted_scheduler or () for n in _split(item)),
+            reservation_ttl_s=reservation_ttl, node_lock=node_lock,
             node_queue_depth=node_queue_depth,
             lock=LockConfig(expiry_s=lock_expiry, max_wait_s=bind_wait), leader=lease,
             simulate_device_plugin=static if simulate_device_plugin is None else simulate_device_plugin,
